@@ -1,0 +1,172 @@
+"""Typed run configuration: a recipe YAML, CLI flags and ``--set key=value`` overrides, validated once.
+
+    task: classification
+    data:   {train: builtin:reviews, text_column: text, label_column: label}
+    model:  {name: minilm-l6, quant: none}
+    method: {name: lora, r: 8}
+    train:  {epochs: 1, batch_size: 32}
+
+All problems are reported together, each with the key at fault and, for a misspelt key, the nearest valid one.
+The resolved config is written beside every adapter (``peftkit.json``), so a run can be repeated from its folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from peftkit.errors import PeftkitError
+from peftkit.methods import METHODS
+
+Task = Literal["classification", "ordinal", "regression"]
+Quant = Literal["none", "8bit"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the rows come from and how a row becomes text and a label."""
+
+    train: str = Field("builtin:reviews", description="CSV/JSONL/Parquet file, or builtin:reviews")
+    eval: str | None = Field(None, description="held-out file; default: a seeded split of `train`")
+    text_column: str = "text"
+    label_column: str = "label"
+    template: str | None = Field(None, description="text built from several columns: 'orders: {orders_90d}; q: {query}'")
+    labels: list[str] | None = Field(None, description="label order; required for ordinal unless labels are numbers")
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="share held out when no eval file is given")
+    max_train_rows: int | None = Field(None, gt=0, description="seeded subsample of the training rows (after dedup)")
+    max_eval_rows: int | None = Field(None, gt=0, description="seeded subsample of the eval rows")
+    max_length: int = Field(128, gt=0, description="tokens kept per row; longer rows are truncated")
+
+
+class ModelConfig(_Strict):
+    name: str = Field("minilm-l6", description="alias (smollm2-135m, minilm-l6), local HF folder or .gguf file")
+    quant: Quant = Field("none", description="8bit: LLM.int8 base via bitsandbytes (CPU or CUDA)")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="non-quantised weights; auto = bfloat16 on CUDA, float32 on CPU"
+    )
+
+
+class TrainConfig(_Strict):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="> 0 overrides epochs")
+    batch_size: int = Field(16, gt=0)
+    grad_accum: int = Field(1, gt=0, description="optimizer step every N batches (effective batch = N x batch_size)")
+    lr: float | None = Field(None, gt=0, description="default: the method's own (see `peftkit train --help`)")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    seed: int = 42
+    gradient_checkpointing: bool = Field(False, description="less activation memory, ~30% slower")
+    group_by_length: bool = Field(True, description="batch rows of similar length: less padding, same data")
+    eval_batch_size: int = Field(64, gt=0)
+    save_steps: int = Field(200, gt=0, description="checkpoint every N steps (for --resume)")
+    logging_steps: int = Field(10, gt=0)
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
+
+
+MethodConfig = Annotated[Union[tuple(spec.options for spec in METHODS.values())], Field(discriminator="name")]
+
+
+class RunConfig(_Strict):
+    task: Task = "classification"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=lambda: METHODS["lora"].options(name="lora"))
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: str | None = Field(None, description="adapter folder; default runs/<data>-<model>-<method>")
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> RunConfig:
+        spec = METHODS[self.method.name]
+        if self.train.gradient_checkpointing and not spec.supports_gradient_checkpointing:
+            raise ValueError(
+                f"method {spec.name} does not work with gradient checkpointing; set train.gradient_checkpointing=false"
+            )
+        return self
+
+    @property
+    def lr(self) -> float:
+        return self.train.lr if self.train.lr is not None else METHODS[self.method.name].default_lr
+
+    def default_output(self) -> str:
+        data = "reviews" if self.data.train.startswith("builtin:") else Path(self.data.train).stem
+        model = Path(self.model.name).stem if ("/" in self.model.name or self.model.name.endswith(".gguf")) else self.model.name
+        return str(Path("runs") / f"{data}-{model}-{self.method.name}")
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=1e-3", "data.labels=[a,b]"]`` -> ``{"train.lr": 0.001, ...}``; values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise PeftkitError(f"--set {item!r}: expected key=value, e.g. --set train.lr=1e-3")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Build a `RunConfig` from a recipe file (or defaults) and dotted-key overrides, validated once.
+
+    A ``method.name`` override that changes the method drops the recipe's other ``method.*`` keys: they belong to the
+    recipe's method.
+    """
+    raw: dict[str, Any] = {}
+    where = "config"
+    if recipe is not None:
+        path = Path(recipe)
+        where = str(path)
+        if not path.is_file():
+            raise PeftkitError(f"recipe {path} does not exist; `peftkit recipes ls` lists the built-in ones")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise PeftkitError(f"recipe {path} is not valid YAML: {exc}".replace("\n", " ")) from exc
+        if not isinstance(raw, dict):
+            raise PeftkitError(f"recipe {path}: expected a mapping of sections (task, data, model, method, train)")
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise PeftkitError(f"{where}: " + "; ".join(_explain(err) for err in exc.errors())) from None
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    if parts == ["method", "name"] and node.get("name") not in (None, value):
+        node.clear()
+    node[parts[-1]] = value
+
+
+def _explain(err: dict[str, Any]) -> str:
+    loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in METHODS)]
+    key = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{key}'{_suggest(loc)}"
+    if err["type"] == "union_tag_invalid":
+        return f"unknown method {err['input'].get('name')!r}; choose one of {', '.join(METHODS)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if not key:
+        return msg
+    return f"{key}: {msg} (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else f"{key}: {msg}"
+
+
+def _suggest(loc: list[str]) -> str:
+    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+    fields = sections[loc[0]].model_fields if len(loc) == 2 and loc[0] in sections else RunConfig.model_fields
+    close = difflib.get_close_matches(loc[-1], list(fields), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,73 @@
+"""What every PEFT method provides: one `MethodSpec` per method, collected in `peftkit.methods.METHODS`.
+
+The training loop and the loaders only talk to this interface, so a method's quirks (AdaLoRA's per-step rank
+allocation, prefix tuning's refusal of gradient checkpointing, the bottleneck adapter's own file format) live in
+the method's module and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+
+class MethodOptions(BaseModel):
+    """Base of each method's typed knobs (the `method:` section of a recipe). Unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """Facts about the run a method needs when it is applied.
+
+    Attributes:
+        model_type: ``config.model_type`` of the base (``"llama"``, ``"bert"``...), to pick default target modules.
+        head_names: names of the task-head modules (``["classifier"]``, ``["score"]``...): trained and saved with
+            the adapter.
+        total_steps: optimizer steps the run will take (AdaLoRA's schedule needs it).
+        quantized: the base was loaded in 8-bit.
+    """
+
+    model_type: str
+    head_names: tuple[str, ...]
+    total_steps: int = 0
+    quantized: bool = False
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One PEFT method.
+
+    Attributes:
+        name: the ``--method`` value.
+        summary: one line for ``--help`` and docs.
+        options: the method's `MethodOptions` subclass.
+        default_lr: learning rate used when the recipe sets none (methods differ by orders of magnitude).
+        peft_native: the adapter folder loads with plain ``peft.PeftModel.from_pretrained``.
+        supports_gradient_checkpointing: False where the method breaks under it (prefix tuning).
+        apply: ``(base, options, ctx) -> model`` returning the model to train, only adapter and head trainable.
+        attach: ``(base, folder) -> model`` attaching a saved adapter for inference.
+        save: ``(model, folder)`` writing ``adapter_config.json`` + ``adapter_model.safetensors`` (head included).
+        callbacks: ``(model, options, ctx) -> [TrainerCallback]`` hooks the loop installs (AdaLoRA's allocator).
+        extra_loss: ``(model) -> tensor`` added to the task loss each step (AdaLoRA's orthogonality penalty).
+        describe: ``(folder) -> dict`` method facts for ``peftkit inspect`` (AdaLoRA's final rank pattern).
+    """
+
+    name: str
+    summary: str
+    options: type[MethodOptions]
+    default_lr: float
+    peft_native: bool
+    apply: Callable[[nn.Module, Any, MethodContext], nn.Module]
+    attach: Callable[[nn.Module, Path], nn.Module]
+    save: Callable[[nn.Module, Path], None]
+    supports_gradient_checkpointing: bool = True
+    callbacks: Callable[[nn.Module, Any, MethodContext], list] = field(default=lambda model, options, ctx: [])
+    extra_loss: Callable[[nn.Module], Any] | None = None
+    describe: Callable[[Path], dict] = field(default=lambda folder: {})
