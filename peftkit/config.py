@@ -133,6 +133,8 @@ def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | No
             raise PeftkitError(f"recipe {path}: expected a mapping of sections (task, data, model, method, train)")
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
+    if isinstance(raw.get("method"), dict):
+        raw["method"].setdefault("name", "lora")  # the default method, as when the section is absent
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:

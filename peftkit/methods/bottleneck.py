@@ -1,30 +1,300 @@
-"""Bottleneck adapters (Houlsby et al., 2019; Pfeiffer et al., 2021). IN PROGRESS: being written by a helper."""
+"""Bottleneck adapters (Houlsby et al., 2019, arXiv:1902.00751; Pfeiffer et al., 2021, arXiv:2005.00247).
+
+The base stays frozen. Chosen sublayer outputs (the attention output projection and/or the MLP's output
+projection, before the residual add) pass through a small residual MLP ``h + up(act(down(h)))``, with
+``down: d -> bottleneck_dim`` and ``up: bottleneck_dim -> d``. Only these down/up projections (with biases) and the
+task head train, typically 0.5-3% of the parameters; ``up`` starts at zero, so training starts exactly from the base
+model. Houlsby places an adapter after attention and after the MLP, Pfeiffer only after the MLP (half the adapter
+parameters, about the same accuracy). Adapter weights stay float32 over a bf16 or 8-bit base. peft has no such
+method, so the folder format is peftkit's own: ``adapter_config.json`` (deliberately without ``peft_type``) and
+``adapter_model.safetensors`` (adapter and head weights, keyed by their path in the HF model).
+"""
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+import torch
+from pydantic import Field, field_validator
+from torch import nn
 
 from peftkit.methods.base import MethodContext, MethodOptions, MethodSpec
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+DEFAULT_ADAPTER = "default"
+
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+# model_type -> (attention-output Linear, MLP-output Linear), as regexes over the full module name.
+_DECODER = (r"(.*\.)?self_attn\.o_proj", r"(.*\.)?mlp\.down_proj")
+_ENCODER = (r"(.*\.)?layer\.\d+\.attention\.output\.dense", r"(.*\.)?layer\.\d+\.output\.dense")
+_DEFAULT_TARGETS = {
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"), _DECODER),
+    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "electra", "deberta", "deberta-v2"), _ENCODER),
+}
 
 
 class BottleneckOptions(MethodOptions):
     name: Literal["bottleneck"] = "bottleneck"
-    bottleneck_dim: int = Field(64, gt=0)
-    placement: Literal["houlsby", "pfeiffer"] = "pfeiffer"
+    bottleneck_dim: int = Field(
+        64, gt=0, description="adapter width m; wider: more capacity, 2*m*d params each"
+    )
+    placement: Literal["houlsby", "pfeiffer"] = Field(
+        "pfeiffer",
+        description="houlsby: after attention and MLP (2 adapters a layer); pfeiffer: after the MLP only (half "
+        "the parameters and added latency, usually about the same accuracy)",
+    )
+    non_linearity: Literal["relu", "gelu", "silu"] = Field(
+        "relu", description="activation inside the adapter; relu is the cheap classic, gelu/silu are smoother"
+    )
+    target_modules: list[str] | None = Field(
+        None,
+        description="names, name suffixes or regexes of the Linear layers whose output gets an adapter; "
+        "overrides placement, for architectures without defaults or finer control",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _check_patterns(cls, patterns: list[str] | None) -> list[str] | None:
+        for pattern in patterns or []:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"target_modules entry {pattern!r} is not a valid regex: {e}") from e
+        return patterns
 
 
-def apply(base, opts: BottleneckOptions, ctx: MethodContext):
-    raise NotImplementedError
+class BottleneckAdapter(nn.Module):
+    """``up(act(down(h)))``, the update `BottleneckLayer` adds to ``h``. ``up`` starts at zero."""
+
+    def __init__(self, dim: int, bottleneck_dim: int, non_linearity: str = "relu"):
+        super().__init__()
+        self.down = nn.Linear(dim, bottleneck_dim)
+        self.act = _ACTIVATIONS[non_linearity]()
+        self.up = nn.Linear(bottleneck_dim, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down(h)))
 
 
-def attach(base, folder):
-    raise NotImplementedError
+class BottleneckLayer(nn.Module):
+    """Stands in for a Linear (plain, bf16 or bitsandbytes 8-bit): ``h = base_layer(x)``, then ``h + adapter(h)``.
+
+    Adapters live in a `nn.ModuleDict` by name; the one named by ``active_adapter`` runs (None: the bare base layer).
+    The adapter computes in its own dtype (float32) and the sum is cast back to the base layer's output dtype.
+    """
+
+    def __init__(self, base_layer: nn.Linear):
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapters = nn.ModuleDict()
+        self.active_adapter: str | None = None
+
+    def add_adapter(self, name: str, bottleneck_dim: int, non_linearity: str) -> None:
+        adapter = BottleneckAdapter(self.base_layer.out_features, bottleneck_dim, non_linearity)
+        self.adapters[name] = adapter.to(device=self.base_layer.weight.device, dtype=torch.float32)
+        self.active_adapter = name
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        h = self.base_layer(x, *args, **kwargs)
+        if self.active_adapter is None:
+            return h
+        adapter = self.adapters[self.active_adapter]
+        h_ad = h.to(adapter.down.weight.dtype)
+        return (h_ad + adapter(h_ad)).to(h.dtype)
 
 
-def save(model, folder):
-    raise NotImplementedError
+class BottleneckModel(nn.Module):
+    """The HF model (``.model``) with bottleneck adapters inserted; what `apply` and `attach` return.
+
+    Deliberately a plain `nn.Module`, not a `PreTrainedModel`, and without attribute forwarding: HF Trainer refuses
+    to train a model that reports ``is_quantized`` (an 8-bit base) unless it is a peft model.
+    """
+
+    def __init__(self, model: nn.Module, options: BottleneckOptions, head_names, adapted_modules):
+        super().__init__()
+        self.model = model
+        self.options = options
+        self.head_names = tuple(head_names)
+        self.adapted_modules = tuple(adapted_modules)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
+        # Named (not just **kwargs) because HF Trainer drops batch columns the forward signature does not name,
+        # and finds the label column there: without them BERT sentence pairs and Trainer's loss silently break.
+        extra = {"token_type_ids": token_type_ids, "labels": labels}
+        kwargs.update({k: v for k, v in extra.items() if v is not None})
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs) -> None:
+        # What HF Trainer calls; the HF model also hooks its input embeddings so that checkpointed blocks pass
+        # gradients back to the adapters although everything below them is frozen.
+        self.model.activation_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
+
+
+def resolve_targets(model: nn.Module, opts: BottleneckOptions, model_type: str, head_names=()) -> list[str]:
+    """Full names of the modules that get an adapter, from ``target_modules`` or the architecture's defaults."""
+    if opts.target_modules:
+        patterns = opts.target_modules
+    elif model_type in _DEFAULT_TARGETS:
+        attention, mlp = _DEFAULT_TARGETS[model_type]
+        patterns = [attention, mlp] if opts.placement == "houlsby" else [mlp]
+    else:
+        raise ValueError(
+            f"bottleneck has no default targets for model_type {model_type!r}: set method.target_modules to the "
+            "Linear layers whose output is a sublayer output (e.g. ['o_proj', 'down_proj'])"
+        )
+    names = []
+    for name, _ in model.named_modules():
+        if name and any(name == p or name.endswith("." + p) or re.fullmatch(p, name) for p in patterns):
+            if any(name == h or name.startswith(h + ".") for h in head_names):
+                raise ValueError(f"target module {name!r} is in the task head, which trains in full anyway")
+            names.append(name)
+    if not names:
+        raise ValueError(f"no module of this {model_type!r} model matches bottleneck targets {patterns}")
+    return names
+
+
+def _find(model: nn.Module, name: str, what: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"{what} {name!r} does not exist in this base model") from None
+
+
+def _linears(model: nn.Module, names) -> dict[str, nn.Linear]:
+    layers = {name: _find(model, name, "adapted module") for name in names}
+    for name, layer in layers.items():
+        if not isinstance(layer, nn.Linear):
+            raise ValueError(f"adapted module {name!r} is a {type(layer).__name__}, not a Linear layer")
+    return layers
+
+
+def _insert(model: nn.Module, layers: dict[str, nn.Linear], opts: BottleneckOptions) -> None:
+    for name, layer in layers.items():
+        wrapper = BottleneckLayer(layer)
+        wrapper.add_adapter(DEFAULT_ADAPTER, opts.bottleneck_dim, opts.non_linearity)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, wrapper)
+
+
+def _head_params(model: nn.Module, head_names) -> dict[str, nn.Parameter]:
+    params = {}
+    for head in head_names:
+        for n, p in _find(model, head, "task head").named_parameters():
+            if not p.is_floating_point():
+                raise ValueError(
+                    f"task head parameter {head}.{n} is {p.dtype}: keep the head unquantized "
+                    f"(BitsAndBytesConfig(llm_int8_skip_modules=[{head!r}]))"
+                )
+            params[f"{head}.{n}"] = p
+    return params
+
+
+def _saved_params(model: BottleneckModel) -> dict[str, nn.Parameter]:
+    """Adapter and head parameters, keyed by their path in the HF model (``...down_proj.adapters.default.up.bias``)."""
+    params = {}
+    for name in model.adapted_modules:
+        for n, p in model.model.get_submodule(name).adapters.named_parameters():
+            params[f"{name}.adapters.{n}"] = p
+    params.update(_head_params(model.model, model.head_names))
+    return params
+
+
+def apply(base: nn.Module, opts: BottleneckOptions, ctx: MethodContext) -> BottleneckModel:
+    if any(isinstance(m, BottleneckLayer) for m in base.modules()):
+        raise ValueError("this model already has bottleneck adapters")
+    layers = _linears(base, resolve_targets(base, opts, ctx.model_type, ctx.head_names))
+    heads = _head_params(base, ctx.head_names)  # all checks done before the model is changed
+    base.requires_grad_(False)
+    _insert(base, layers, opts)
+    for p in heads.values():
+        p.requires_grad_(True)
+    return BottleneckModel(base, opts, ctx.head_names, list(layers))
+
+
+def save(model: BottleneckModel, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: p.detach().to("cpu").contiguous() for k, p in _saved_params(model).items()}
+    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    config = {
+        "peftkit_method": "bottleneck",
+        "options": model.options.model_dump(),
+        "adapted_modules": list(model.adapted_modules),
+        "head_names": list(model.head_names),
+        "model_type": model.config.model_type,
+    }
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _read_config(folder: Path) -> dict:
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise ValueError(f"{folder} has no {CONFIG_NAME}: not an adapter folder")
+    config = json.loads(path.read_text())
+    if config.get("peftkit_method") != "bottleneck":
+        raise ValueError(f"{path} is not a peftkit bottleneck adapter ({config.get('peftkit_method')=})")
+    return config
+
+
+def attach(base: nn.Module, folder: Path) -> BottleneckModel:
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / WEIGHTS_NAME).is_file():
+        if (folder / "adapter_model.bin").is_file():
+            raise ValueError(
+                f"{folder} holds adapter_model.bin, a pickle: peftkit loads adapters from {WEIGHTS_NAME} only "
+                "(unpickling can run arbitrary code)"
+            )
+        raise ValueError(f"{folder} has no {WEIGHTS_NAME}")
+    config = _read_config(folder)
+    opts = BottleneckOptions.model_validate(config["options"])
+    if (base_type := getattr(base.config, "model_type", None)) != config["model_type"]:
+        raise ValueError(
+            f"{folder} was trained on a {config['model_type']!r} model, this base is {base_type!r}"
+        )
+    layers = _linears(base, config["adapted_modules"])
+    _head_params(base, config["head_names"])  # all checks done before the model is changed
+    _insert(base, layers, opts)
+    model = BottleneckModel(base, opts, config["head_names"], config["adapted_modules"])
+    params, tensors = _saved_params(model), load_file(str(folder / WEIGHTS_NAME))
+    missing, unexpected = sorted(params.keys() - tensors.keys()), sorted(tensors.keys() - params.keys())
+    if missing or unexpected:
+        raise ValueError(
+            f"{folder}: weights do not fit this base: missing {missing[:4]}, unexpected {unexpected[:4]}"
+        )
+    for key, p in params.items():
+        if tensors[key].shape != p.shape:
+            shapes = f"{tuple(tensors[key].shape)} in the file, {tuple(p.shape)} in this base"
+            raise ValueError(f"{folder}: {key} has shape {shapes} (a different model size?)")
+    with torch.no_grad():
+        for key, p in params.items():
+            p.copy_(tensors[key])
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def describe(folder: Path) -> dict:
+    config = _read_config(Path(folder))
+    opts = config["options"]
+    return {
+        "placement": "custom" if opts.get("target_modules") else opts["placement"],
+        "bottleneck_dim": opts["bottleneck_dim"],
+        "non_linearity": opts["non_linearity"],
+        "adapted_modules": len(config["adapted_modules"]),
+    }
 
 
 SPEC = MethodSpec(
@@ -36,4 +306,5 @@ SPEC = MethodSpec(
     apply=apply,
     attach=attach,
     save=save,
+    describe=describe,
 )

@@ -1,0 +1,30 @@
+"""The ``peftkit`` command line: thin commands that parse flags, call one library function and print the result.
+
+Results go to stdout (``--json`` for scripts); progress and logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from peftkit.cli import inspect as inspect_cmd
+from peftkit.cli import predict as predict_cmd
+from peftkit.cli import train as train_cmd
+
+app = typer.Typer(
+    name="peftkit",
+    help="Parameter-efficient fine-tuning for e-commerce user analysis.\n\n"
+    "Start with `peftkit train` (no arguments: the default recipe on the packaged model and real reviews), "
+    "then `peftkit predict` and `peftkit inspect`. Set PEFTKIT_DEBUG=1 to see tracebacks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("train")(train_cmd.train)
+app.command("predict")(predict_cmd.predict)
+app.command("inspect")(inspect_cmd.inspect)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,75 @@
+"""``peftkit predict``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from peftkit.cli.common import JsonFlag, command, emit, stdout_to_stderr
+from peftkit.errors import PeftkitError
+
+_WRITERS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+@command
+def predict(
+    adapter: Annotated[Path, typer.Option(help="Adapter folder written by `peftkit train`.")],
+    data: Annotated[str, typer.Option(help="Rows to answer: CSV, JSONL or Parquet.")],
+    output: Annotated[Optional[Path], typer.Option(help="Where to write predictions (.csv, .jsonl or .parquet); default: CSV on stdout.")] = None,
+    text_column: Annotated[Optional[str], typer.Option(help="Text column; default: the one the adapter was trained on.")] = None,
+    template: Annotated[Optional[str], typer.Option(help="Build the text from columns; default: the adapter's training template.")] = None,
+    base: Annotated[Optional[str], typer.Option(help="Base model; default: the one in the adapter's manifest (a different base is refused).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 64,
+    json_: JsonFlag = False,
+) -> None:
+    """Answer every row of a file with one adapter: one output row per input row, in order, with the input
+    columns plus `prediction` (label, or score for regression), one `prob_<label>` per class and `adapter`.
+
+    Example:
+
+        peftkit predict --adapter runs/intent-adalora --data new.csv --output preds.csv
+    """
+    import peftkit
+    from peftkit.data import build_texts, read_table
+
+    if output is not None and output.suffix not in _WRITERS:
+        raise PeftkitError(f"--output {output}: unknown format; use one of {', '.join(_WRITERS)}")
+    with stdout_to_stderr():
+        model = peftkit.load(str(adapter), base=base)
+        model.batch_size = batch_size
+        frame = read_table(data)
+        cfg = model.manifest["config"]["data"]
+        use_template = template if (template or text_column) else cfg["template"]
+        texts = build_texts(frame, text_column=text_column or cfg["text_column"], template=use_template, source=data)
+        for name, values in model.predict_columns(texts).items():
+            frame[name] = values
+    if output is None:
+        typer.echo(frame.to_csv(index=False), nl=False)
+        return
+    _write_atomic(frame, output)
+    summary = {"output": str(output), "rows": len(frame), "adapter": str(adapter)}
+    if "prediction" in frame and model.labels:
+        summary["prediction_counts"] = {str(k): int(v) for k, v in frame["prediction"].value_counts().items()}
+    emit(summary, json_, lambda: typer.echo(f"wrote {len(frame)} predictions to {output}"))
+
+
+def _write_atomic(frame, output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+    os.close(fd)
+    try:
+        kind = _WRITERS[output.suffix]
+        if kind == "csv":
+            frame.to_csv(tmp, index=False)
+        elif kind == "jsonl":
+            frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        else:
+            frame.to_parquet(tmp, index=False)
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

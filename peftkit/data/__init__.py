@@ -1,0 +1,17 @@
+"""The data layer: files and the packaged reviews in, deduplicated train/eval texts and labels out.
+
+    from peftkit.data import load_splits
+    splits = load_splits(config.data, task="classification", seed=42)
+    splits.train_texts[:2], splits.train_labels[:2], splits.labels, splits.stats
+
+`read_table` reads one file (CSV, JSONL/JSON, Parquet) or ``builtin:reviews``; `reviews_frame` is the packaged
+real reviews; `build_texts` turns rows into texts; `load_splits` does all of it and splits.
+"""
+
+from __future__ import annotations
+
+from peftkit.data.builtin import reviews_frame
+from peftkit.data.files import BUILTIN_REVIEWS, build_texts, read_table
+from peftkit.data.splits import TASKS, Splits, load_splits
+
+__all__ = ["BUILTIN_REVIEWS", "TASKS", "Splits", "build_texts", "load_splits", "read_table", "reviews_frame"]

