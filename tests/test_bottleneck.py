@@ -15,6 +15,7 @@ from transformers import (
     LlamaForSequenceClassification,
 )
 
+from peftkit.errors import PeftkitError
 from peftkit.methods import METHODS
 from peftkit.methods.base import MethodContext
 from peftkit.methods.bottleneck import (
@@ -172,9 +173,9 @@ def test_save_then_attach_reproduces_the_trained_model(arch, placement, batch, t
     assert config["adapted_modules"] == list(model.adapted_modules)
     assert config["options"]["placement"] == placement
     tensors = load_file(tmp_path / "adapter_model.safetensors")
-    assert set(tensors) == {
-        n.removeprefix("model.") for n in trainable(model)
-    }  # keyed by path in the HF model
+    # keyed by path in the HF model: Trainer resume (peftkit.train) loads the file straight into it
+    assert set(tensors) == {n.removeprefix("model.") for n in trainable(model)}
+    assert model.model.load_state_dict(tensors, strict=False).unexpected_keys == []
 
     attached = attach(build(arch), tmp_path)
     assert isinstance(attached, BottleneckModel) and not attached.training
@@ -208,7 +209,7 @@ def test_custom_targets_and_unknown_architecture(batch):
     base = build("llama")
     before = logits(base, batch)
     ctx = MethodContext(model_type="mystery", head_names=("score",))
-    with pytest.raises(ValueError, match="method.target_modules"):
+    with pytest.raises(PeftkitError, match="method.target_modules"):
         apply(base, BottleneckOptions(), ctx)
     # k_proj outputs num_key_value_heads * head_dim = 16 features: the adapter follows the layer's width
     model = apply(
@@ -217,7 +218,7 @@ def test_custom_targets_and_unknown_architecture(batch):
     assert model.adapted_modules == ("model.layers.1.self_attn.k_proj",)
     assert model.model.model.layers[1].self_attn.k_proj.adapters["default"].up.weight.shape == (16, WIDTH)
     assert torch.equal(logits(model, batch), before)
-    with pytest.raises(ValueError, match="already has bottleneck adapters"):
+    with pytest.raises(PeftkitError, match="already has bottleneck adapters"):
         apply(base, BottleneckOptions(), ctx)
 
 
@@ -227,7 +228,7 @@ def test_custom_targets_and_unknown_architecture(batch):
 )
 def test_bad_targets_are_refused_before_touching_the_model(targets, message):
     base = build("llama")
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(PeftkitError, match=message):
         adapt(base, "llama", target_modules=targets)
     assert not any(isinstance(m, BottleneckLayer) for m in base.modules())
     assert all(p.requires_grad for p in base.parameters())
@@ -274,9 +275,9 @@ def saved_llama(batch, tmp_path):
 
 
 def test_attach_refuses_other_architectures_and_sizes(saved_llama):
-    with pytest.raises(ValueError, match="trained on a 'llama' model, this base is 'bert'"):
+    with pytest.raises(PeftkitError, match="trained on a 'llama' model, this base is 'bert'"):
         attach(build("bert"), saved_llama)
-    with pytest.raises(ValueError, match=r"has shape \(8, 32\) in the file, \(8, 48\) in this base"):
+    with pytest.raises(PeftkitError, match=r"has shape \(8, 32\) in the file, \(8, 48\) in this base"):
         attach(build("llama", hidden=48), saved_llama)
 
 
@@ -285,23 +286,23 @@ def test_attach_is_strict_about_keys(saved_llama):
     tensors = load_file(path)
     dropped = sorted(tensors)[0]
     save_file({k: v for k, v in tensors.items() if k != dropped}, path)
-    with pytest.raises(ValueError, match=f"missing \\['{dropped}'\\]"):
+    with pytest.raises(PeftkitError, match=f"missing \\['{dropped}'\\]"):
         attach(build("llama"), saved_llama)
     save_file({**tensors, "model.layers.0.extra": torch.zeros(2)}, path)
-    with pytest.raises(ValueError, match=r"unexpected \['model.layers.0.extra'\]"):
+    with pytest.raises(PeftkitError, match=r"unexpected \['model.layers.0.extra'\]"):
         attach(build("llama"), saved_llama)
 
 
 def test_attach_refuses_pickles_and_foreign_folders(saved_llama, tmp_path):
     (saved_llama / "adapter_model.safetensors").rename(saved_llama / "adapter_model.bin")
     (saved_llama / "adapter_model.bin").write_bytes(b"not even a pickle")  # must not be opened at all
-    with pytest.raises(ValueError, match="adapter_model.safetensors only"):
+    with pytest.raises(PeftkitError, match="adapter_model.safetensors only"):
         attach(build("llama"), saved_llama)
     peft_folder = tmp_path / "lora"
     peft_folder.mkdir()
     (peft_folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
     save_file({"x": torch.zeros(1)}, peft_folder / "adapter_model.safetensors")
-    with pytest.raises(ValueError, match="not a peftkit bottleneck adapter"):
+    with pytest.raises(PeftkitError, match="not a peftkit bottleneck adapter"):
         attach(build("llama"), peft_folder)
 
 

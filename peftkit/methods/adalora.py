@@ -4,7 +4,7 @@ Each update is kept in SVD form P @ diag(E) @ Q, starting at rank ``init_r`` eve
 importance score (sensitivity x uncertainty, smoothed over steps) is tracked for every singular value, and the
 lowest-scoring ones are pruned on a cubic schedule until ``target_r`` x modules remain in total: layers that matter
 keep more rank. The allocation only happens when `update_and_allocate` is called after every optimizer step (plain
-HF Trainer never calls it): `_Allocator` below does. The final rank pattern is saved in ``adapter_config.json``.
+HF Trainer never calls it): the callback below does. The final rank pattern is saved in ``adapter_config.json``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import torch
 from pydantic import Field, model_validator
-from transformers import TrainerCallback
 
 from peftkit.methods._peft import apply_peft, attach_peft, save_peft
 from peftkit.methods.base import MethodContext, MethodOptions, MethodSpec
@@ -77,28 +75,28 @@ def apply(base, opts: AdaLoraOptions, ctx: MethodContext):
     )
 
 
-class _Allocator(TrainerCallback):
-    """Calls AdaLoRA's rank allocation after each optimizer step, while the gradients it scores are still there."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        # global_step is incremented after this event; peft counts steps from 1 and must see total_step - tfinal
-        # exactly once to fix the final budget.
-        self.model.base_model.update_and_allocate(state.global_step + 1)
-
-
 def callbacks(model, opts, ctx):
-    return [_Allocator(model)]
+    from transformers import TrainerCallback
+
+    class Allocator(TrainerCallback):
+        """Runs AdaLoRA's rank allocation after each optimizer step, while the gradients it scores still exist."""
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            # global_step is incremented after this event; peft counts from 1 and must see total_step - tfinal
+            # exactly once to fix the final budget.
+            model.base_model.update_and_allocate(state.global_step + 1)
+
+    return [Allocator()]
 
 
-def orthogonality_penalty(model) -> torch.Tensor:
+def orthogonality_penalty(model):
     """AdaLoRA's regulariser R(P, Q) = mean over matrices of ||P^T P - I||_F and ||Q Q^T - I||_F, times its weight.
 
     peft adds this only when the wrapped model returns its own loss; peftkit computes task losses itself (ordinal,
     regression), so the penalty is added here, from the same config field.
     """
+    import torch
+
     peft_model = model.base_model
     weight = peft_model.peft_config[peft_model.trainable_adapter_name].orth_reg_weight
     terms = []

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
-from torch import nn
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class MethodOptions(BaseModel):

@@ -3,7 +3,7 @@
 The base stays frozen. Chosen sublayer outputs (the attention output projection and/or the MLP's output
 projection, before the residual add) pass through a small residual MLP ``h + up(act(down(h)))``, with
 ``down: d -> bottleneck_dim`` and ``up: bottleneck_dim -> d``. Only these down/up projections (with biases) and the
-task head train, typically 0.5-3% of the parameters; ``up`` starts at zero, so training starts exactly from the base
+task head train, typically 0.2-3% of the parameters; ``up`` starts at zero, so training starts exactly from the base
 model. Houlsby places an adapter after attention and after the MLP, Pfeiffer only after the MLP (half the adapter
 parameters, about the same accuracy). Adapter weights stay float32 over a bf16 or 8-bit base. peft has no such
 method, so the folder format is peftkit's own: ``adapter_config.json`` (deliberately without ``peft_type``) and
@@ -21,6 +21,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from peftkit.errors import PeftkitError
 from peftkit.methods.base import MethodContext, MethodOptions, MethodSpec
 
 CONFIG_NAME = "adapter_config.json"
@@ -148,7 +149,7 @@ def resolve_targets(model: nn.Module, opts: BottleneckOptions, model_type: str, 
         attention, mlp = _DEFAULT_TARGETS[model_type]
         patterns = [attention, mlp] if opts.placement == "houlsby" else [mlp]
     else:
-        raise ValueError(
+        raise PeftkitError(
             f"bottleneck has no default targets for model_type {model_type!r}: set method.target_modules to the "
             "Linear layers whose output is a sublayer output (e.g. ['o_proj', 'down_proj'])"
         )
@@ -156,10 +157,10 @@ def resolve_targets(model: nn.Module, opts: BottleneckOptions, model_type: str, 
     for name, _ in model.named_modules():
         if name and any(name == p or name.endswith("." + p) or re.fullmatch(p, name) for p in patterns):
             if any(name == h or name.startswith(h + ".") for h in head_names):
-                raise ValueError(f"target module {name!r} is in the task head, which trains in full anyway")
+                raise PeftkitError(f"target module {name!r} is in the task head, which trains in full anyway")
             names.append(name)
     if not names:
-        raise ValueError(f"no module of this {model_type!r} model matches bottleneck targets {patterns}")
+        raise PeftkitError(f"no module of this {model_type!r} model matches bottleneck targets {patterns}")
     return names
 
 
@@ -167,14 +168,14 @@ def _find(model: nn.Module, name: str, what: str) -> nn.Module:
     try:
         return model.get_submodule(name)
     except AttributeError:
-        raise ValueError(f"{what} {name!r} does not exist in this base model") from None
+        raise PeftkitError(f"{what} {name!r} does not exist in this base model") from None
 
 
 def _linears(model: nn.Module, names) -> dict[str, nn.Linear]:
     layers = {name: _find(model, name, "adapted module") for name in names}
     for name, layer in layers.items():
         if not isinstance(layer, nn.Linear):
-            raise ValueError(f"adapted module {name!r} is a {type(layer).__name__}, not a Linear layer")
+            raise PeftkitError(f"adapted module {name!r} is a {type(layer).__name__}, not a Linear layer")
     return layers
 
 
@@ -191,7 +192,7 @@ def _head_params(model: nn.Module, head_names) -> dict[str, nn.Parameter]:
     for head in head_names:
         for n, p in _find(model, head, "task head").named_parameters():
             if not p.is_floating_point():
-                raise ValueError(
+                raise PeftkitError(
                     f"task head parameter {head}.{n} is {p.dtype}: keep the head unquantized "
                     f"(BitsAndBytesConfig(llm_int8_skip_modules=[{head!r}]))"
                 )
@@ -211,7 +212,7 @@ def _saved_params(model: BottleneckModel) -> dict[str, nn.Parameter]:
 
 def apply(base: nn.Module, opts: BottleneckOptions, ctx: MethodContext) -> BottleneckModel:
     if any(isinstance(m, BottleneckLayer) for m in base.modules()):
-        raise ValueError("this model already has bottleneck adapters")
+        raise PeftkitError("this model already has bottleneck adapters")
     layers = _linears(base, resolve_targets(base, opts, ctx.model_type, ctx.head_names))
     heads = _head_params(base, ctx.head_names)  # all checks done before the model is changed
     base.requires_grad_(False)
@@ -241,10 +242,10 @@ def save(model: BottleneckModel, folder: Path) -> None:
 def _read_config(folder: Path) -> dict:
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
-        raise ValueError(f"{folder} has no {CONFIG_NAME}: not an adapter folder")
+        raise PeftkitError(f"{folder} has no {CONFIG_NAME}: not an adapter folder")
     config = json.loads(path.read_text())
     if config.get("peftkit_method") != "bottleneck":
-        raise ValueError(f"{path} is not a peftkit bottleneck adapter ({config.get('peftkit_method')=})")
+        raise PeftkitError(f"{path} is not a peftkit bottleneck adapter ({config.get('peftkit_method')=})")
     return config
 
 
@@ -254,15 +255,15 @@ def attach(base: nn.Module, folder: Path) -> BottleneckModel:
     folder = Path(folder)
     if not (folder / WEIGHTS_NAME).is_file():
         if (folder / "adapter_model.bin").is_file():
-            raise ValueError(
+            raise PeftkitError(
                 f"{folder} holds adapter_model.bin, a pickle: peftkit loads adapters from {WEIGHTS_NAME} only "
                 "(unpickling can run arbitrary code)"
             )
-        raise ValueError(f"{folder} has no {WEIGHTS_NAME}")
+        raise PeftkitError(f"{folder} has no {WEIGHTS_NAME}")
     config = _read_config(folder)
     opts = BottleneckOptions.model_validate(config["options"])
     if (base_type := getattr(base.config, "model_type", None)) != config["model_type"]:
-        raise ValueError(
+        raise PeftkitError(
             f"{folder} was trained on a {config['model_type']!r} model, this base is {base_type!r}"
         )
     layers = _linears(base, config["adapted_modules"])
@@ -272,13 +273,13 @@ def attach(base: nn.Module, folder: Path) -> BottleneckModel:
     params, tensors = _saved_params(model), load_file(str(folder / WEIGHTS_NAME))
     missing, unexpected = sorted(params.keys() - tensors.keys()), sorted(tensors.keys() - params.keys())
     if missing or unexpected:
-        raise ValueError(
+        raise PeftkitError(
             f"{folder}: weights do not fit this base: missing {missing[:4]}, unexpected {unexpected[:4]}"
         )
     for key, p in params.items():
         if tensors[key].shape != p.shape:
             shapes = f"{tuple(tensors[key].shape)} in the file, {tuple(p.shape)} in this base"
-            raise ValueError(f"{folder}: {key} has shape {shapes} (a different model size?)")
+            raise PeftkitError(f"{folder}: {key} has shape {shapes} (a different model size?)")
     with torch.no_grad():
         for key, p in params.items():
             p.copy_(tensors[key])
