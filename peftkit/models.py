@@ -143,7 +143,14 @@ def _converted_gguf(gguf: Path, sha: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # The dequantised model still carries its gguf quantizer, which refuses save_pretrained: copy the fp32
+        # weights into a plain model of the same config.
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(loaded.state_dict())
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         os.replace(tmp, folder)
@@ -187,7 +194,7 @@ def load_base(base: BaseRef, num_outputs: int, *, quant: str, dtype: str, device
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    kwargs: dict = {"num_labels": num_outputs, "pad_token_id": pad_token_id, "dtype": _torch_dtype(dtype, device)}
+    kwargs: dict = {"num_labels": num_outputs, "pad_token_id": pad_token_id, "dtype": torch_dtype(dtype, device)}
     if quant == "8bit":
         kwargs["quantization_config"] = _int8_config(device)
         kwargs["device_map"] = {"": device}
@@ -229,7 +236,7 @@ def _expected_new_head():
             hf_logging.enable_progress_bar()
 
 
-def _torch_dtype(dtype: str, device: str):
+def torch_dtype(dtype: str, device: str):
     import torch
 
     if dtype == "auto":

@@ -41,8 +41,18 @@ def checkpoint_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.checkpoints"
 
 
-def train(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train one adapter as `cfg` says and write its folder; returns the folder, manifest and a ready predictor."""
+def train(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False, progress: bool = True,
+          callbacks: list | None = None) -> TrainResult:
+    """Train one adapter as `cfg` says and write its folder; returns the folder, manifest and a ready predictor.
+
+    Args:
+        cfg: the resolved run config (`peftkit.config.load_config`).
+        overwrite: replace a different adapter already in the output folder.
+        resume: continue from the last checkpoint of an interrupted run with the same output folder.
+        progress: show Trainer's progress bar (stderr).
+        callbacks: extra `transformers.TrainerCallback`s, e.g. for custom logging or early stopping.
+    """
+    import torch
     from transformers import TrainingArguments, set_seed
 
     out = Path(cfg.output or cfg.default_output())
@@ -96,14 +106,13 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False, prog
         length_column_name="length",
         remove_unused_columns=False,
         label_names=["labels"],
-        bf16=device.startswith("cuda") and models._torch_dtype(cfg.model.dtype, device).is_floating_point
-        and cfg.model.dtype != "float32",
+        bf16=models.torch_dtype(cfg.model.dtype, device) == torch.bfloat16,  # autocast for the fp32 adapter
         disable_tqdm=not progress,
         dataloader_pin_memory=device.startswith("cuda"),
         use_cpu=device == "cpu",
     )
     trainer = _make_trainer(model, args, _encode(tokenizer, splits.train_texts, splits.train_labels, cfg),
-                            tokenizer, task, spec, spec.callbacks(model, cfg.method, ctx))
+                            tokenizer, task, spec, spec.callbacks(model, cfg.method, ctx) + list(callbacks or []))
     started = time.perf_counter()
     try:
         train_out = trainer.train(resume_from_checkpoint=str(last_ckpt) if last_ckpt else None)

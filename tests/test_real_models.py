@@ -1,0 +1,53 @@
+"""The packaged real models (MiniLM-L6 encoder, SmolLM2-135M decoder) with every method, fp32 and 8-bit:
+train a few steps on the real reviews -> adapter folder -> reload gives identical predictions -> predict CLI.
+
+Marked slow (about 4 minutes in all on 2 CPU cores); `make test` runs them, `make test-fast` skips them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import peftkit
+from peftkit.cli import app
+from peftkit.config import load_config
+from peftkit.methods import METHODS
+from peftkit.train import train
+
+pytestmark = pytest.mark.slow
+PROBE = ["这台电脑散热很好", "房间太小了", "这本书值得一读", "服务员态度很差，不会再来"]
+
+
+@pytest.fixture(scope="module")
+def real_cache(tmp_path_factory):
+    # One cache for the module, so SmolLM2's GGUF is converted once (~20 s), not per test.
+    return tmp_path_factory.mktemp("real-cache")
+
+
+@pytest.mark.parametrize("quant", ["none", pytest.param("8bit", marks=pytest.mark.bnb)])
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("model", ["minilm-l6", "smollm2-135m"])
+def test_train_reload_predict(model, method, quant, tmp_path, real_cache, monkeypatch):
+    monkeypatch.setenv("PEFTKIT_CACHE", str(real_cache))
+    out = tmp_path / "adapter"
+    cfg = load_config(None, {
+        "model.name": model, "method.name": method, "model.quant": quant, "output": str(out),
+        "data.max_train_rows": 48, "data.max_eval_rows": 16, "data.max_length": 32,
+        "train.max_steps": 3, "train.batch_size": 8,
+    })
+    result = train(cfg, progress=False)
+    reloaded = peftkit.load(str(out))
+    atol = 1e-6 if method == "adalora" else 0  # AdaLoRA's pruned ranks are cut on save: same maths, other sum order
+    np.testing.assert_allclose(reloaded.logits(PROBE), result.predictor.logits(PROBE), rtol=0, atol=atol)
+    assert result.manifest["base"]["name"] == model and result.manifest["quant"] == quant
+
+    pd.DataFrame({"text": PROBE}).to_csv(tmp_path / "new.csv", index=False)
+    cli = CliRunner().invoke(app, ["predict", "--adapter", str(out), "--data", str(tmp_path / "new.csv"),
+                                   "--output", str(tmp_path / "preds.csv")], catch_exceptions=False)
+    assert cli.exit_code == 0, cli.stderr
+    preds = pd.read_csv(tmp_path / "preds.csv")
+    assert preds["prediction"].tolist() == [p.label for p in reloaded.predict(PROBE)]
+    assert preds["text"].tolist() == PROBE
