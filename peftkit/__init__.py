@@ -1,8 +1,8 @@
 """peftkit: parameter-efficient fine-tuning for e-commerce user analysis.
 
-    import peftkit
-    model = peftkit.load("runs/reviews-minilm-l6-lora")
-    model.predict(["这台电脑散热很好", "房间太小了"])
+import peftkit
+model = peftkit.load("runs/reviews-minilm-l6-lora")
+model.predict(["这台电脑散热很好", "房间太小了"])
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from peftkit.predictor import Predictor
 
 
-def load(adapter: str, *, base: str | None = None, quant: str | None = None, device: str | None = None) -> Predictor:
+def load(
+    adapter: str, *, base: str | None = None, quant: str | None = None, device: str | None = None
+) -> Predictor:
     """Load an adapter folder onto its base model, ready to predict.
 
     Args:

@@ -13,6 +13,7 @@ Folders are written complete under a temporary name and then renamed, so a crash
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -36,13 +37,17 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise PeftkitError(f"adapter folder {folder} does not exist")
     if not (folder / WEIGHTS).is_file():
         if (folder / "adapter_model.bin").is_file():
-            raise PeftkitError(f"adapter {folder} holds a pickle adapter_model.bin; peftkit loads safetensors only")
+            raise PeftkitError(
+                f"adapter {folder} holds a pickle adapter_model.bin; peftkit loads safetensors only"
+            )
         raise PeftkitError(f"{folder} has no {WEIGHTS}: not an adapter folder written by peftkit train")
     if not (folder / MANIFEST).is_file():
         raise PeftkitError(f"{folder} has no {MANIFEST}: not an adapter folder written by peftkit train")
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise PeftkitError(f"adapter {folder} was written by a newer peftkit (format {manifest['format_version']}); upgrade")
+        raise PeftkitError(
+            f"adapter {folder} was written by a newer peftkit (format {manifest['format_version']}); upgrade"
+        )
     return manifest
 
 
@@ -65,7 +70,9 @@ def check_output(out: Path, config: dict[str, Any], *, overwrite: bool) -> None:
     if not any(out.iterdir()):
         return
     if not (out / MANIFEST).is_file():
-        raise PeftkitError(f"--output {out} exists and is not a peftkit adapter folder; choose another --output")
+        raise PeftkitError(
+            f"--output {out} exists and is not a peftkit adapter folder; choose another --output"
+        )
     if overwrite:
         return
     old = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("config", {})
@@ -80,7 +87,9 @@ def check_output(out: Path, config: dict[str, Any], *, overwrite: bool) -> None:
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         keys = set(a) | set(b)
-        return set().union(*(_diff_keys(a.get(k), b.get(k), f"{prefix}{k}.") for k in keys)) if keys else set()
+        return (
+            set().union(*(_diff_keys(a.get(k), b.get(k), f"{prefix}{k}.") for k in keys)) if keys else set()
+        )
     return {prefix.rstrip(".")} if a != b else set()
 
 
@@ -112,10 +121,8 @@ def package_versions() -> dict[str, str]:
 
     out = {}
     for name in ("peftkit", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name)
-        except PackageNotFoundError:
-            pass
     return out
 
 
@@ -157,20 +164,20 @@ def model_card(manifest: dict[str, Any], folder_name: str) -> str:
         "\nWith plain peft (no peftkit):\n\n```python\nfrom peft import PeftModel\n"
         "from transformers import AutoModelForSequenceClassification\n"
         f"base = AutoModelForSequenceClassification.from_pretrained(BASE_FOLDER, num_labels={manifest['num_outputs']})\n"
-        f"model = PeftModel.from_pretrained(base, \"{folder_name}\")\n```\n"
+        f'model = PeftModel.from_pretrained(base, "{folder_name}")\n```\n'
         if manifest["peft_native"]
         else "\nThis is a peftkit bottleneck adapter: plain peft has no such method, load it with peftkit.\n"
     )
     return f"""# {folder_name}
 
-A **{manifest['method']}** adapter for **{task}**: predicts {what}.
+A **{manifest["method"]}** adapter for **{task}**: predicts {what}.
 
-- base model: `{manifest['base']['name']}` (weights sha256 `{manifest['base']['sha256'][:16]}…`), quantisation: {manifest['quant']}
-- trainable parameters: {manifest['trainable_params']:,} ({manifest['trainable_percent']:.3f}% of {manifest['total_params']:,})
-- training data: `{data['train_source']}`, {data['train_rows']:,} rows; evaluated on {data['eval_rows']:,} held-out rows
-  (`{data['eval_source']}`)
-- trained {manifest['train']['steps']} steps in {manifest['train']['seconds']:.0f} s
-  ({manifest['train']['samples_per_second']:.1f} samples/s) with peftkit {manifest['versions'].get('peftkit', '?')}
+- base model: `{manifest["base"]["name"]}` (weights sha256 `{manifest["base"]["sha256"][:16]}…`), quantisation: {manifest["quant"]}
+- trainable parameters: {manifest["trainable_params"]:,} ({manifest["trainable_percent"]:.3f}% of {manifest["total_params"]:,})
+- training data: `{data["train_source"]}`, {data["train_rows"]:,} rows; evaluated on {data["eval_rows"]:,} held-out rows
+  (`{data["eval_source"]}`)
+- trained {manifest["train"]["steps"]} steps in {manifest["train"]["seconds"]:.0f} s
+  ({manifest["train"]["samples_per_second"]:.1f} samples/s) with peftkit {manifest["versions"].get("peftkit", "?")}
 
 ## Held-out metrics
 
@@ -190,7 +197,9 @@ model.predict(["这台电脑散热很好", "房间太小了"])
 """
 
 
-def save_with(save: Callable[[Path], None], out: Path, manifest: dict[str, Any], log_history: list[dict]) -> None:
+def save_with(
+    save: Callable[[Path], None], out: Path, manifest: dict[str, Any], log_history: list[dict]
+) -> None:
     """Write a complete adapter folder at `out`, atomically: weights (via `save`), manifest, card, loss curve."""
     with atomic_folder(out) as tmp:
         save(tmp)

@@ -37,16 +37,24 @@ class DataConfig(_Strict):
     eval: str | None = Field(None, description="held-out file; default: a seeded split of `train`")
     text_column: str = "text"
     label_column: str = "label"
-    template: str | None = Field(None, description="text built from several columns: 'orders: {orders_90d}; q: {query}'")
-    labels: list[str] | None = Field(None, description="label order; required for ordinal unless labels are numbers")
+    template: str | None = Field(
+        None, description="text built from several columns: 'orders: {orders_90d}; q: {query}'"
+    )
+    labels: list[str] | None = Field(
+        None, description="label order; required for ordinal unless labels are numbers"
+    )
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="share held out when no eval file is given")
-    max_train_rows: int | None = Field(None, gt=0, description="seeded subsample of the training rows (after dedup)")
+    max_train_rows: int | None = Field(
+        None, gt=0, description="seeded subsample of the training rows (after dedup)"
+    )
     max_eval_rows: int | None = Field(None, gt=0, description="seeded subsample of the eval rows")
     max_length: int = Field(128, gt=0, description="tokens kept per row; longer rows are truncated")
 
 
 class ModelConfig(_Strict):
-    name: str = Field("minilm-l6", description="alias (smollm2-135m, minilm-l6), local HF folder or .gguf file")
+    name: str = Field(
+        "minilm-l6", description="alias (smollm2-135m, minilm-l6), local HF folder or .gguf file"
+    )
     quant: Quant = Field("none", description="8bit: LLM.int8 base via bitsandbytes (CPU or CUDA)")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="non-quantised weights; auto = bfloat16 on CUDA, float32 on CPU"
@@ -57,7 +65,9 @@ class TrainConfig(_Strict):
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="> 0 overrides epochs")
     batch_size: int = Field(16, gt=0)
-    grad_accum: int = Field(1, gt=0, description="optimizer step every N batches (effective batch = N x batch_size)")
+    grad_accum: int = Field(
+        1, gt=0, description="optimizer step every N batches (effective batch = N x batch_size)"
+    )
     lr: float | None = Field(None, gt=0, description="default: the method's own (see `peftkit train --help`)")
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
@@ -97,7 +107,11 @@ class RunConfig(_Strict):
 
     def default_output(self) -> str:
         data = "reviews" if self.data.train.startswith("builtin:") else Path(self.data.train).stem
-        model = Path(self.model.name).stem if ("/" in self.model.name or self.model.name.endswith(".gguf")) else self.model.name
+        model = (
+            Path(self.model.name).stem
+            if ("/" in self.model.name or self.model.name.endswith(".gguf"))
+            else self.model.name
+        )
         return str(Path("runs") / f"{data}-{model}-{self.method.name}")
 
 
@@ -130,7 +144,9 @@ def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | No
         except yaml.YAMLError as exc:
             raise PeftkitError(f"recipe {path} is not valid YAML: {exc}".replace("\n", " ")) from exc
         if not isinstance(raw, dict):
-            raise PeftkitError(f"recipe {path}: expected a mapping of sections (task, data, model, method, train)")
+            raise PeftkitError(
+                f"recipe {path}: expected a mapping of sections (task, data, model, method, train)"
+            )
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
     if isinstance(raw.get("method"), dict):
@@ -164,7 +180,11 @@ def _explain(err: dict[str, Any]) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if not key:
         return msg
-    return f"{key}: {msg} (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else f"{key}: {msg}"
+    return (
+        f"{key}: {msg} (got {err['input']!r})"
+        if "input" in err and not isinstance(err["input"], dict)
+        else f"{key}: {msg}"
+    )
 
 
 def _suggest(loc: list[str]) -> str:

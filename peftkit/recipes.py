@@ -19,6 +19,8 @@ def recipe_path(name: str) -> Path:
     """``reviews/minilm-l6_lora.yaml`` (or without ``.yaml``) -> its file."""
     path = recipes_root() / (name if name.endswith(".yaml") else f"{name}.yaml")
     if not path.is_file():
-        known = ", ".join(sorted(str(p.relative_to(recipes_root()))[:-5] for p in recipes_root().rglob("*.yaml")))
+        known = ", ".join(
+            sorted(str(p.relative_to(recipes_root()))[:-5] for p in recipes_root().rglob("*.yaml"))
+        )
         raise PeftkitError(f"no built-in recipe {name!r}; known: {known}")
     return path

@@ -69,7 +69,9 @@ class Ordinal(Classification):
         # P(y > k), made non-increasing in k so the class probabilities below are never negative: (N, K-1)
         above = np.minimum.accumulate(1.0 / (1.0 + np.exp(-logits.astype(np.float64))), axis=1)
         ones, zeros = np.ones((len(above), 1)), np.zeros((len(above), 1))
-        probs = np.hstack([ones, above]) - np.hstack([above, zeros])  # P(y = k) = P(y > k-1) - P(y > k): (N, K)
+        probs = np.hstack([ones, above]) - np.hstack(
+            [above, zeros]
+        )  # P(y = k) = P(y > k-1) - P(y > k): (N, K)
         # The predicted rank is the median of that distribution: the number of thresholds passed with P > 0.5.
         return Decoded(index=(above > 0.5).sum(axis=1), score=None, probs=probs.astype(np.float32))
 

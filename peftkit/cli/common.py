@@ -16,7 +16,9 @@ import typer
 
 from peftkit.errors import PeftkitError
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (logs stay on stderr).")]
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON on stdout (logs stay on stderr).")
+]
 
 
 def command(fn: Callable) -> Callable:
@@ -33,7 +35,9 @@ def command(fn: Callable) -> Callable:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted; `peftkit train ... --resume` continues from the last checkpoint", err=True)
+            typer.echo(
+                "interrupted; `peftkit train ... --resume` continues from the last checkpoint", err=True
+            )
             raise typer.Exit(130) from None
 
     return wrapper

@@ -59,18 +59,31 @@ def _print(info: dict) -> None:
         ("method", info["method"]),
         ("task", info["task"] + (f" ({' < '.join(info['labels'])})" if info["task"] == "ordinal" else "")),
         ("labels", ", ".join(info["labels"] or []) or "-"),
-        ("base", f"{base['name']} ({base['architecture']}, sha256 {base['sha256'][:16]}…), quant {info['quant']}"),
+        (
+            "base",
+            f"{base['name']} ({base['architecture']}, sha256 {base['sha256'][:16]}…), quant {info['quant']}",
+        ),
         ("trainable", f"{info['trainable_params']:,} params ({info['trainable_percent']:.3f}%)"),
         ("adapter size", f"{info['adapter_bytes'] / 1e6:.2f} MB"),
-        ("data", f"{info['data']['train_rows']:,} train / {info['data']['eval_rows']:,} eval rows from {info['data']['train_source']}"),
-        ("training", f"{info['train']['steps']} steps, {info['train']['seconds']:.0f} s, "
-                     f"{info['train']['samples_per_second']:.1f} samples/s on {info['train']['device']}"),
+        (
+            "data",
+            f"{info['data']['train_rows']:,} train / {info['data']['eval_rows']:,} eval rows from {info['data']['train_source']}",
+        ),
+        (
+            "training",
+            f"{info['train']['steps']} steps, {info['train']['seconds']:.0f} s, "
+            f"{info['train']['samples_per_second']:.1f} samples/s on {info['train']['device']}",
+        ),
     ]
     rows += [(f"eval {k}", f"{v:.4f}") for k, v in info["metrics"].items()]
     for key, value in info["method_details"].items():
         if key == "rank_pattern" and isinstance(value, dict):
             ranks = sorted(value.items())
-            value = ", ".join(f"{name.split('.', 1)[-1]}={r}" for name, r in ranks) if ranks else "(none recorded)"
+            value = (
+                ", ".join(f"{name.split('.', 1)[-1]}={r}" for name, r in ranks)
+                if ranks
+                else "(none recorded)"
+            )
         rows.append((key.replace("_", " "), str(value)))
     for key, value in rows:
         table.add_row(key, value)

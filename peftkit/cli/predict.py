@@ -19,10 +19,23 @@ _WRITERS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "par
 def predict(
     adapter: Annotated[Path, typer.Option(help="Adapter folder written by `peftkit train`.")],
     data: Annotated[str, typer.Option(help="Rows to answer: CSV, JSONL or Parquet.")],
-    output: Annotated[Optional[Path], typer.Option(help="Where to write predictions (.csv, .jsonl or .parquet); default: CSV on stdout.")] = None,
-    text_column: Annotated[Optional[str], typer.Option(help="Text column; default: the one the adapter was trained on.")] = None,
-    template: Annotated[Optional[str], typer.Option(help="Build the text from columns; default: the adapter's training template.")] = None,
-    base: Annotated[Optional[str], typer.Option(help="Base model; default: the one in the adapter's manifest (a different base is refused).")] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(help="Where to write predictions (.csv, .jsonl or .parquet); default: CSV on stdout."),
+    ] = None,
+    text_column: Annotated[
+        Optional[str], typer.Option(help="Text column; default: the one the adapter was trained on.")
+    ] = None,
+    template: Annotated[
+        Optional[str],
+        typer.Option(help="Build the text from columns; default: the adapter's training template."),
+    ] = None,
+    base: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Base model; default: the one in the adapter's manifest (a different base is refused)."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 64,
     json_: JsonFlag = False,
 ) -> None:
@@ -44,7 +57,9 @@ def predict(
         frame = read_table(data)
         cfg = model.manifest["config"]["data"]
         use_template = template if (template or text_column) else cfg["template"]
-        texts = build_texts(frame, text_column=text_column or cfg["text_column"], template=use_template, source=data)
+        texts = build_texts(
+            frame, text_column=text_column or cfg["text_column"], template=use_template, source=data
+        )
         for name, values in model.predict_columns(texts).items():
             frame[name] = values
     if output is None:

@@ -32,4 +32,3 @@ def save_peft(model: nn.Module, folder: Path) -> None:
         # A module AdaLoRA pruned to rank 0 saves (0, d) tensors; peft mistakes them for unsharded ZeRO-3 weights.
         warnings.filterwarnings("ignore", message=".*LoRA tensor\\(s\\) have invalid shape")
         model.save_pretrained(str(folder), safe_serialization=True)
-

@@ -22,23 +22,33 @@ from peftkit.methods.base import MethodContext, MethodOptions, MethodSpec
 class AdaLoraOptions(MethodOptions):
     name: Literal["adalora"] = "adalora"
     init_r: int = Field(12, gt=0, description="rank every module starts with")
-    target_r: int = Field(4, gt=0, description="average rank left after pruning (total budget = target_r x modules)")
+    target_r: int = Field(
+        4, gt=0, description="average rank left after pruning (total budget = target_r x modules)"
+    )
     alpha: int = Field(32, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
-    warmup_fraction: float = Field(0.1, ge=0, lt=1, description="share of steps before pruning starts (tinit)")
+    warmup_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share of steps before pruning starts (tinit)"
+    )
     final_fraction: float = Field(0.2, ge=0, lt=1, description="share of steps at the final budget (tfinal)")
     delta_t: int | None = Field(None, gt=0, description="steps between allocations; default: ~20 per run")
     beta1: float = Field(0.85, gt=0, lt=1, description="smoothing of the importance score")
     beta2: float = Field(0.85, gt=0, lt=1, description="smoothing of its uncertainty")
-    orth_reg_weight: float = Field(0.5, ge=0, description="keeps P and Q near-orthogonal so E stays a true SVD")
-    target_modules: list[str] | str | None = Field(None, description="default: peft's choice for the architecture")
+    orth_reg_weight: float = Field(
+        0.5, ge=0, description="keeps P and Q near-orthogonal so E stays a true SVD"
+    )
+    target_modules: list[str] | str | None = Field(
+        None, description="default: peft's choice for the architecture"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> AdaLoraOptions:
         if self.target_r > self.init_r:
             raise ValueError(f"target_r ({self.target_r}) must not exceed init_r ({self.init_r})")
         if self.warmup_fraction + self.final_fraction >= 1:
-            raise ValueError("warmup_fraction + final_fraction must be < 1, or no step is left for allocation")
+            raise ValueError(
+                "warmup_fraction + final_fraction must be < 1, or no step is left for allocation"
+            )
         return self
 
 
@@ -103,7 +113,9 @@ def orthogonality_penalty(model):
     for name, p in model.named_parameters():
         if p.requires_grad and ("lora_A" in name or "lora_B" in name):
             cov = p @ p.T if "lora_A" in name else p.T @ p  # (r, r)
-            terms.append(torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype)))
+            terms.append(
+                torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype))
+            )
     if not terms or weight == 0:
         return torch.zeros((), device=next(model.parameters()).device)
     return weight * torch.stack(terms).mean()

@@ -21,7 +21,8 @@ class LoraOptions(MethodOptions):
     alpha: int = Field(16, gt=0, description="scale alpha/r applied to the update")
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] | str | None = Field(
-        None, description="module names to adapt, or 'all-linear'; default: peft's choice for the architecture"
+        None,
+        description="module names to adapt, or 'all-linear'; default: peft's choice for the architecture",
     )
 
 

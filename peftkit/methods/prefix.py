@@ -17,8 +17,12 @@ from peftkit.methods.base import MethodContext, MethodOptions, MethodSpec
 
 class PrefixOptions(MethodOptions):
     name: Literal["prefix"] = "prefix"
-    num_virtual_tokens: int = Field(16, gt=0, description="prefix length; longer: more capacity, more attention cost")
-    prefix_projection: bool = Field(False, description="reparametrise the prefix through an MLP (stabler, bigger)")
+    num_virtual_tokens: int = Field(
+        16, gt=0, description="prefix length; longer: more capacity, more attention cost"
+    )
+    prefix_projection: bool = Field(
+        False, description="reparametrise the prefix through an MLP (stabler, bigger)"
+    )
     encoder_hidden_size: int | None = Field(None, gt=0, description="MLP width when prefix_projection is on")
 
 
