@@ -147,8 +147,13 @@ def _converted_gguf(gguf: Path, sha: str) -> Path:
     folder = cache_dir() / "models" / f"{gguf.stem}-{sha[:12]}"
     if (folder / "config.json").is_file():
         return folder
+    import logging
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    logging.getLogger("peftkit").info(
+        "converting %s to safetensors once (about 20 s; cached in %s)", gguf.name, folder
+    )
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
     try:

@@ -9,6 +9,7 @@ peftkit adds its task losses, method hooks (AdaLoRA's rank allocation, as callba
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -24,6 +25,8 @@ from peftkit.errors import NonFiniteLossError, PeftkitError
 from peftkit.methods import METHODS, MethodContext
 from peftkit.predictor import Predictor
 from peftkit.tasks import TASKS
+
+log = logging.getLogger("peftkit")
 
 
 @dataclass
@@ -71,6 +74,14 @@ def train(
 
     spec, task = METHODS[cfg.method.name], TASKS[cfg.task]
     splits = load_splits(cfg.data, cfg.task, cfg.train.seed)
+    log.info(
+        "data: %d train / %d eval rows from %s%s",
+        len(splits.train_texts),
+        len(splits.eval_texts),
+        cfg.data.train,
+        f", labels {', '.join(splits.labels)}" if splits.labels else "",
+    )
+    log.info("base: %s (%s)", cfg.model.name, "8-bit" if cfg.model.quant == "8bit" else cfg.model.dtype)
     base = models.resolve(cfg.model.name)
     tokenizer = models.load_tokenizer(base)
     device = models.default_device()
@@ -93,6 +104,15 @@ def train(
     ctx = MethodContext(model.config.model_type, heads, total_steps, cfg.model.quant == "8bit")
     model = spec.apply(model, cfg.method, ctx)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info(
+        "method: %s, %s trainable params (%.3f%% of %s), %d optimizer steps, lr %g",
+        spec.name,
+        f"{trainable:,}",
+        100 * trainable / total_params,
+        f"{total_params:,}",
+        total_steps,
+        cfg.lr,
+    )
 
     ckpt.mkdir(parents=True, exist_ok=True)
     args = TrainingArguments(
@@ -154,6 +174,7 @@ def train(
     )
     import numpy as np
 
+    log.info("evaluating on %d held-out rows", len(splits.eval_texts))
     metrics = task.metrics(np.asarray(splits.eval_labels), task.decode(predictor.logits(splits.eval_texts)))
     manifest = {
         "format_version": FORMAT_VERSION,

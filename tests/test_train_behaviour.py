@@ -97,3 +97,25 @@ def test_gradient_checkpointing_trains_the_same_weights(tiny_models, tmp_path):
         cfg_for(tiny_models, tmp_path, "gc", **{"train.gradient_checkpointing": True}), progress=False
     )
     np.testing.assert_allclose(ckpt.predictor.logits(PROBE), plain, rtol=0, atol=1e-5)
+
+
+def test_ordinal_and_regression_runs_report_their_metrics(tiny_models, tmp_path):
+    import peftkit
+
+    ordinal = train(
+        cfg_for(tiny_models, tmp_path, "ordinal", task="ordinal", **{"data.labels": ["weak", "medium", "strong"]}),
+        progress=False,
+    )
+    assert ordinal.manifest["labels"] == ["weak", "medium", "strong"] and ordinal.manifest["num_outputs"] == 2
+    assert {"accuracy", "mae", "spearman"} <= set(ordinal.metrics)
+    pred = peftkit.load(str(ordinal.output)).predict(PROBE)
+    assert all(set(p.probabilities) == {"weak", "medium", "strong"} for p in pred)
+
+    regression = train(
+        cfg_for(tiny_models, tmp_path, "regression", task="regression", **{"data.label_column": "score"}),
+        progress=False,
+    )
+    assert regression.manifest["labels"] is None and regression.manifest["num_outputs"] == 1
+    assert {"mae", "rmse", "spearman"} <= set(regression.metrics)
+    scores = [p.score for p in peftkit.load(str(regression.output)).predict(PROBE)]
+    assert all(isinstance(s, float) for s in scores)

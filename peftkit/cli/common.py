@@ -57,7 +57,26 @@ def emit(result: Any, as_json: bool, human: Callable[[], None]) -> None:
         human()
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (test runners and redirections swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def quiet_libraries() -> None:
+    """Libraries at warning level and without their progress bars; peftkit's own steps as plain lines on stderr."""
+    peftkit_log = logging.getLogger("peftkit")
+    if not peftkit_log.handlers:
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("peftkit: %(message)s"))
+        peftkit_log.addHandler(handler)
+        peftkit_log.setLevel(logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for name in ("bitsandbytes", "transformers.modeling_utils", "peft"):

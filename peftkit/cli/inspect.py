@@ -20,7 +20,9 @@ def inspect(
 
     Example:
 
-        peftkit inspect runs/intent-adalora --json
+    ```
+    peftkit inspect runs/intent-adalora --json
+    ```
     """
     from peftkit.adapter import read_manifest
     from peftkit.methods import METHODS

@@ -44,7 +44,10 @@ def predict(
 
     Example:
 
-        peftkit predict --adapter runs/intent-adalora --data new.csv --output preds.csv
+    ```
+    peftkit predict --adapter runs/intent-adalora \\
+        --data new.csv --output preds.csv
+    ```
     """
     import peftkit
     from peftkit.data import build_texts, read_table

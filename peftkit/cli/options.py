@@ -1,0 +1,103 @@
+"""Option types shared by commands, defined once: ``train`` uses them now; ``compare`` and friends reuse them."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from peftkit.methods import METHODS
+
+Method = Enum("Method", {name: name for name in METHODS}, type=str)
+Task = Enum("Task", {t: t for t in ("classification", "ordinal", "regression")}, type=str)
+Quant = Enum("Quant", {"none": "none", "8bit": "8bit"}, type=str)
+ReportTo = Enum("ReportTo", {r: r for r in ("tensorboard", "wandb", "mlflow")}, type=str)
+
+_methods_help = "; ".join(
+    f"**{s.name}**: {s.summary} (default lr {s.default_lr:g})" for s in METHODS.values()
+)
+
+
+def _opt(kind, help: str, *names: str):
+    return Annotated[Optional[kind], typer.Option(*names, help=help)]
+
+
+RecipeOpt = _opt(
+    Path, "Recipe YAML; flags below override it. Without --recipe and --data: the built-in default recipe."
+)
+ModelOpt = _opt(str, "Base model: smollm2-135m, minilm-l6, a local Hugging Face folder or a .gguf file.")
+MethodOpt = _opt(Method, f"PEFT method. {_methods_help}.")
+DataOpt = _opt(str, "Training rows: CSV, JSONL or Parquet file, or builtin:reviews.")
+EvalDataOpt = _opt(str, "Held-out rows; default: a seeded split of --data (duplicates removed first).")
+TextColumnOpt = _opt(str, "Column holding the text.")
+TemplateOpt = _opt(
+    str, "Build the text from columns: 'orders in 90 days: {orders_90d}; last search: {last_query}'."
+)
+LabelColumnOpt = _opt(str, "Column holding the label (or the score, for regression).")
+TaskOpt = _opt(
+    Task, "classification (unordered labels), ordinal (ordered: give --labels), regression (a number)."
+)
+LabelsOpt = _opt(str, "Label order, comma-separated: weak,medium,strong. Required for ordinal text labels.")
+QuantOpt = _opt(
+    Quant, "8bit: load the base with bitsandbytes LLM.int8 (CUDA or CPU); adapter and head stay fp32."
+)
+EpochsOpt = _opt(float, "Passes over the training rows.")
+MaxStepsOpt = _opt(int, "Stop after this many optimizer steps (overrides --epochs).")
+BatchSizeOpt = _opt(int, "Rows per batch per device.")
+LrOpt = _opt(float, "Learning rate; default: the method's own.")
+SeedOpt = _opt(int, "Seed for the split, the head's init and the data order.")
+MaxLengthOpt = _opt(int, "Tokens kept per row; longer rows are truncated.")
+ReportToOpt = _opt(list[ReportTo], "Also log to tensorboard, wandb or mlflow (repeatable).")
+SetOpt = _opt(
+    list[str],
+    "Override any recipe key: --set method.r=16 --set train.warmup_ratio=0.1 (repeatable).",
+    "--set",
+)
+
+
+def run_overrides(
+    *,
+    model=None,
+    method=None,
+    data=None,
+    eval_data=None,
+    text_column=None,
+    template=None,
+    label_column=None,
+    task=None,
+    labels=None,
+    quant=None,
+    epochs=None,
+    max_steps=None,
+    batch_size=None,
+    lr=None,
+    seed=None,
+    max_length=None,
+    report_to=None,
+    set_=None,
+) -> dict:
+    """The shared flags as dotted config overrides (`peftkit.config.load_config`); unset flags are left out."""
+    from peftkit.config import parse_set
+
+    flags = {
+        "model.name": model,
+        "method.name": method.value if method else None,
+        "data.train": data,
+        "data.eval": eval_data,
+        "data.text_column": text_column,
+        "data.template": template,
+        "data.label_column": label_column,
+        "task": task.value if task else None,
+        "data.labels": [s.strip() for s in labels.split(",")] if labels else None,
+        "model.quant": quant.value if quant else None,
+        "train.epochs": epochs,
+        "train.max_steps": max_steps,
+        "train.batch_size": batch_size,
+        "train.lr": lr,
+        "train.seed": seed,
+        "data.max_length": max_length,
+        "train.report_to": [r.value for r in report_to] if report_to else None,
+    }
+    return {k: v for k, v in flags.items() if v is not None} | parse_set(set_ or [])
