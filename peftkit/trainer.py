@@ -1,0 +1,101 @@
+"""peftkit's Trainer: HF Trainer plus the task loss, the method's extra loss, a NaN guard and adapter-only
+checkpoints. Everything else (accumulation, mixed precision, checkpoint rotation, resume, logging, DDP) is Trainer's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peftkit.config import RunConfig
+from peftkit.errors import NonFiniteLossError, PeftkitError
+
+
+def training_arguments(cfg: RunConfig, output_dir: Path, device: str, progress: bool):
+    """`TrainingArguments` for a run: the one place run config becomes Trainer settings."""
+    import torch
+    from transformers import TrainingArguments
+
+    from peftkit.models import torch_dtype
+
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=cfg.train.batch_size,
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.train.epochs,
+        max_steps=cfg.train.max_steps,
+        lr_scheduler_type=cfg.train.scheduler,
+        warmup_steps=cfg.train.warmup_ratio,  # a float < 1 is a fraction of the run
+        weight_decay=cfg.train.weight_decay,
+        seed=cfg.train.seed,
+        logging_steps=cfg.train.logging_steps,
+        logging_nan_inf_filter=False,  # the default logs 0.0 for a NaN loss, hiding the failure
+        save_strategy="steps",
+        save_steps=cfg.train.save_steps,
+        save_total_limit=2,
+        report_to=cfg.train.report_to or "none",
+        # Rows of similar length batched together: far less padding, same data and epochs.
+        train_sampling_strategy="group_by_length" if cfg.train.group_by_length else "random",
+        length_column_name="length",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        bf16=torch_dtype(cfg.model.dtype, device) == torch.bfloat16,  # autocast around the fp32 adapter
+        disable_tqdm=not progress,
+        dataloader_pin_memory=device.startswith("cuda"),
+        use_cpu=device == "cpu",
+    )
+
+
+def encode(tokenizer, texts: list[str], labels: list, cfg: RunConfig):
+    """Tokenised rows (no padding yet) with labels and the length column the length-grouped sampler reads."""
+    from datasets import Dataset
+
+    enc = tokenizer(texts, truncation=True, max_length=cfg.data.max_length)
+    columns = {k: enc[k] for k in enc.keys()}
+    return Dataset.from_dict({**columns, "labels": labels, "length": [len(ids) for ids in enc["input_ids"]]})
+
+
+def make_trainer(model, args, dataset, tokenizer, task, spec, callbacks):
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer
+
+    pad = DataCollatorWithPadding(tokenizer)
+
+    def collate(features):  # the `length` column is for the length-grouped sampler, not the model
+        return pad([{k: v for k, v in f.items() if k != "length"} for f in features])
+
+    class PeftkitTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            loss = task.loss(outputs.logits, labels)
+            if spec.extra_loss is not None and model.training:
+                loss = loss + spec.extra_loss(self.accelerator.unwrap_model(model))
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({loss.item()}) at step {self.state.global_step + 1}"
+                )
+            return (loss, outputs) if return_outputs else loss
+
+        def _save(self, output_dir=None, state_dict=None):
+            # Checkpoints hold the adapter and head only (a few MB), never the frozen base.
+            spec.save(self.accelerator.unwrap_model(self.model), Path(output_dir or self.args.output_dir))
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            if spec.peft_native:
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            from safetensors.torch import load_file
+
+            target = self.accelerator.unwrap_model(model or self.model)
+            inner = getattr(target, "model", target)
+            result = inner.load_state_dict(
+                load_file(str(Path(resume_from_checkpoint) / "adapter_model.safetensors")), strict=False
+            )
+            if result.unexpected_keys:
+                raise PeftkitError(
+                    f"checkpoint {resume_from_checkpoint} does not match this model; drop --resume"
+                )
+
+    return PeftkitTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=collate, callbacks=callbacks
+    )
