@@ -96,9 +96,8 @@ def train(
         train_out = trainer.train(resume_from_checkpoint=str(last_ckpt) if last_ckpt else None)
     except NonFiniteLossError as exc:
         keep = ckpt / "last-good"
-        spec.save(
-            trainer.model, keep
-        )  # the failing step raised before backward: the weights are still finite
+        # The failing step raised before backward, so the weights being saved are still finite.
+        spec.save(trainer.model, keep)
         raise NonFiniteLossError(
             f"{exc}; the last good weights are in {keep}; lower --lr or check the labels"
         ) from None
