@@ -196,7 +196,9 @@ def _manifest(cfg: RunConfig, run: _Run, splits, metrics: dict, speed: dict) -> 
         "labels": splits.labels,
         "num_outputs": task.num_outputs(splits.labels),
         "base": {
-            "name": cfg.model.name,
+            # An alias resolves anywhere the package is installed; a path is stored absolute so that
+            # peftkit.load finds the base from any working directory.
+            "name": cfg.model.name if cfg.model.name in models.ALIASES else str(run.base.source),
             "sha256": run.base.sha256,
             "model_type": run.ctx.model_type,
             "architecture": (run.base.config.get("architectures") or ["?"])[0],

@@ -103,7 +103,9 @@ def test_ordinal_and_regression_runs_report_their_metrics(tiny_models, tmp_path)
     import peftkit
 
     ordinal = train(
-        cfg_for(tiny_models, tmp_path, "ordinal", task="ordinal", **{"data.labels": ["weak", "medium", "strong"]}),
+        cfg_for(
+            tiny_models, tmp_path, "ordinal", task="ordinal", **{"data.labels": ["weak", "medium", "strong"]}
+        ),
         progress=False,
     )
     assert ordinal.manifest["labels"] == ["weak", "medium", "strong"] and ordinal.manifest["num_outputs"] == 2
@@ -119,3 +121,18 @@ def test_ordinal_and_regression_runs_report_their_metrics(tiny_models, tmp_path)
     assert {"mae", "rmse", "spearman"} <= set(regression.metrics)
     scores = [p.score for p in peftkit.load(str(regression.output)).predict(PROBE)]
     assert all(isinstance(s, float) for s in scores)
+
+
+def test_a_relative_base_path_is_recorded_absolute(tiny_models, tmp_path, monkeypatch):
+    import os
+
+    import peftkit
+
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(tiny_models["bert"], tmp_path)
+    result = train(cfg_for(tiny_models, tmp_path, "rel", **{"model.name": relative}), progress=False)
+    assert result.manifest["base"]["name"] == str(tiny_models["bert"].resolve())
+    monkeypatch.chdir(tmp_path.parent)  # elsewhere, the manifest still finds its base
+    np.testing.assert_array_equal(
+        peftkit.load(str(result.output)).logits(PROBE), result.predictor.logits(PROBE)
+    )
