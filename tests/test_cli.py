@@ -257,3 +257,17 @@ def test_bad_set_override(tiny_models, intent_csv, tmp_path):
         tiny_train_args(tiny_models["bert"], intent_csv, tmp_path / "out", "--set", "train.lrr=1")
     )
     assert_clean_failure(result, "unknown key 'train.lrr'", output=tmp_path / "out")
+
+
+def test_recipes_ls_show_cp(tmp_path):
+    listed = json.loads(invoke(["recipes", "ls", "--json"]).stdout)
+    names = [r["name"] for r in listed]
+    assert "reviews/minilm-l6_lora" in names and all(r["summary"] for r in listed)
+    shown = invoke(["recipes", "show", "reviews/minilm-l6_lora"])
+    assert shown.exit_code == 0 and "method:" in shown.stdout
+    copied = invoke(["recipes", "cp", "reviews/minilm-l6_lora", str(tmp_path)])
+    assert copied.exit_code == 0
+    assert (tmp_path / "minilm-l6_lora.yaml").read_text() == shown.stdout
+    again = invoke(["recipes", "cp", "reviews/minilm-l6_lora", str(tmp_path)])
+    assert_clean_failure(again, "already exists", "--overwrite")
+    assert_clean_failure(invoke(["recipes", "show", "nope"]), "no built-in recipe 'nope'", "reviews/minilm-l6_lora")

@@ -9,6 +9,7 @@ import typer
 
 from peftkit.cli import inspect as inspect_cmd
 from peftkit.cli import predict as predict_cmd
+from peftkit.cli import recipes as recipes_cmd
 from peftkit.cli import train as train_cmd
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app = typer.Typer(
 app.command("train")(train_cmd.train)
 app.command("predict")(predict_cmd.predict)
 app.command("inspect")(inspect_cmd.inspect)
+app.add_typer(recipes_cmd.app, name="recipes")
 
 
 def main() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from enum import Enum
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -25,7 +24,8 @@ def _opt(kind, help: str, *names: str):
 
 
 RecipeOpt = _opt(
-    Path, "Recipe YAML; flags below override it. Without --recipe and --data: the built-in default recipe."
+    str,
+    "Recipe: a built-in name (peftkit recipes ls) or a YAML file; flags below override it. Without --recipe and --data: the built-in default recipe.",
 )
 ModelOpt = _opt(str, "Base model: smollm2-135m, minilm-l6, a local Hugging Face folder or a .gguf file.")
 MethodOpt = _opt(Method, f"PEFT method. {_methods_help}.")

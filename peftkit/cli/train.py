@@ -106,8 +106,8 @@ def train(
     if output is not None:
         overrides["output"] = str(output)
     if recipe is None and data is None:
-        recipe = recipe_path(DEFAULT_RECIPE)
-    cfg = load_config(recipe, overrides)
+        recipe = DEFAULT_RECIPE
+    cfg = load_config(recipe_path(recipe) if recipe else None, overrides)
     with stdout_to_stderr():
         result = run_training(cfg, overwrite=overwrite, resume=resume)
     m = result.manifest
