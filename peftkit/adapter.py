@@ -168,10 +168,16 @@ def model_card(manifest: dict[str, Any], folder_name: str) -> str:
         if manifest["peft_native"]
         else "\nThis is a peftkit bottleneck adapter: plain peft has no such method, load it with peftkit.\n"
     )
+    synthetic = (
+        "\n> **Trained and evaluated on SYNTHETIC shopper data** (peftkit data synth, docs/synthetic-data.md): the "
+        "metrics below say how well the adapter recovers the generator's labels, not how it does on real shoppers.\n"
+        if data.get("synthetic")
+        else ""
+    )
     return f"""# {folder_name}
 
 A **{manifest["method"]}** adapter for **{task}**: predicts {what}.
-
+{synthetic}
 - base model: `{manifest["base"]["name"]}` (weights sha256 `{manifest["base"]["sha256"][:16]}…`), quantisation: {manifest["quant"]}
 - trainable parameters: {manifest["trainable_params"]:,} ({manifest["trainable_percent"]:.3f}% of {manifest["total_params"]:,})
 - training data: `{data["train_source"]}`, {data["train_rows"]:,} rows; evaluated on {data["eval_rows"]:,} held-out rows

@@ -214,6 +214,7 @@ def _manifest(cfg: RunConfig, run: _Run, splits, metrics: dict, speed: dict) -> 
             "eval_source": cfg.data.eval or f"{cfg.data.eval_fraction:.0%} split",
             "train_rows": len(splits.train_texts),
             "eval_rows": len(splits.eval_texts),
+            "synthetic": _is_synthetic(splits.train_frame),
             **_jsonable(splits.stats),
         },
         "train": speed,
@@ -240,6 +241,11 @@ def _last_checkpoint(ckpt: Path) -> Path | None:
 def _last_loss(history: list[dict]) -> float | None:
     losses = [e["loss"] for e in history if "loss" in e]
     return losses[-1] if losses else None
+
+
+def _is_synthetic(frame) -> bool:
+    """Rows made by `peftkit data synth` carry ``synthetic=True``; the manifest and model card must say so."""
+    return "synthetic" in frame.columns and bool(frame["synthetic"].astype(str).str.lower().eq("true").all())
 
 
 def _jsonable(stats: dict) -> dict:

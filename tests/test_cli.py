@@ -270,4 +270,39 @@ def test_recipes_ls_show_cp(tmp_path):
     assert (tmp_path / "minilm-l6_lora.yaml").read_text() == shown.stdout
     again = invoke(["recipes", "cp", "reviews/minilm-l6_lora", str(tmp_path)])
     assert_clean_failure(again, "already exists", "--overwrite")
-    assert_clean_failure(invoke(["recipes", "show", "nope"]), "no built-in recipe 'nope'", "reviews/minilm-l6_lora")
+    assert_clean_failure(
+        invoke(["recipes", "show", "nope"]), "no built-in recipe 'nope'", "reviews/minilm-l6_lora"
+    )
+
+
+def test_data_synth_writes_a_labelled_synthetic_file(tmp_path):
+    out = tmp_path / "synthetic_intent.csv"
+    result = invoke(
+        [
+            "data",
+            "synth",
+            "--task",
+            "purchase_intent",
+            "--rows",
+            "50",
+            "--seed",
+            "3",
+            "--output",
+            str(out),
+            "--json",
+        ]
+    )
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(result.stdout)
+    frame = pd.read_csv(out)
+    assert len(frame) == 50 and frame["synthetic"].all()
+    assert info["labels"] == ["weak", "medium", "strong"] and sum(info["label_counts"].values()) == 50
+    again = tmp_path / "again.csv"
+    invoke(
+        ["data", "synth", "--task", "purchase_intent", "--rows", "50", "--seed", "3", "--output", str(again)]
+    )
+    assert again.read_bytes() == out.read_bytes(), "same task, rows and seed must give the same file"
+    assert_clean_failure(invoke(["data", "synth", "--task", "nope"]), "nope", "purchase_intent")
+    assert_clean_failure(
+        invoke(["data", "synth", "--task", "churn", "--output", str(tmp_path / "x.xlsx")]), "x.xlsx"
+    )

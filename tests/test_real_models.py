@@ -6,6 +6,8 @@ Marked slow (about 4 minutes in all on 2 CPU cores); `make test` runs them, `mak
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -73,3 +75,25 @@ def test_train_reload_predict(model, method, quant, tmp_path, real_cache, monkey
     preds = pd.read_csv(tmp_path / "preds.csv")
     assert preds["prediction"].tolist() == [p.label for p in reloaded.predict(PROBE)]
     assert preds["text"].tolist() == PROBE
+
+
+RECIPES = sorted(p for p in (Path(__file__).parent.parent / "recipes").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_recipe_trains_end_to_end(recipe, tmp_path, real_cache, monkeypatch):
+    """Smoke run of each shipped recipe as written, cut to a few steps: data, model, method and task all resolve."""
+    monkeypatch.setenv("PEFTKIT_CACHE", str(real_cache))
+    cfg = load_config(
+        recipe,
+        {
+            "train.max_steps": 2,
+            "train.batch_size": 4,
+            "data.max_train_rows": 24,
+            "data.max_eval_rows": 12,
+            "output": str(tmp_path / "adapter"),
+        },
+    )
+    result = train(cfg, progress=False)
+    assert result.manifest["task"] == cfg.task and result.manifest["train"]["steps"] == 2
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typer
 
+from peftkit.cli import data as data_cmd
 from peftkit.cli import inspect as inspect_cmd
 from peftkit.cli import predict as predict_cmd
 from peftkit.cli import recipes as recipes_cmd
@@ -26,6 +27,7 @@ app.command("train")(train_cmd.train)
 app.command("predict")(predict_cmd.predict)
 app.command("inspect")(inspect_cmd.inspect)
 app.add_typer(recipes_cmd.app, name="recipes")
+app.add_typer(data_cmd.app, name="data")
 
 
 def main() -> None:

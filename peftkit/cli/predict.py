@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from peftkit.cli.common import JsonFlag, command, emit, stdout_to_stderr
-from peftkit.errors import PeftkitError
-
-_WRITERS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
 @command
@@ -50,10 +45,10 @@ def predict(
     ```
     """
     import peftkit
-    from peftkit.data import build_texts, read_table
+    from peftkit.data import build_texts, check_writable, read_table, write_table
 
-    if output is not None and output.suffix not in _WRITERS:
-        raise PeftkitError(f"--output {output}: unknown format; use one of {', '.join(_WRITERS)}")
+    if output is not None:
+        check_writable(output)
     with stdout_to_stderr():
         model = peftkit.load(str(adapter), base=base)
         model.batch_size = batch_size
@@ -68,26 +63,8 @@ def predict(
     if output is None:
         typer.echo(frame.to_csv(index=False), nl=False)
         return
-    _write_atomic(frame, output)
+    write_table(frame, output)
     summary = {"output": str(output), "rows": len(frame), "adapter": str(adapter)}
     if "prediction" in frame and model.labels:
         summary["prediction_counts"] = {str(k): int(v) for k, v in frame["prediction"].value_counts().items()}
     emit(summary, json_, lambda: typer.echo(f"wrote {len(frame)} predictions to {output}"))
-
-
-def _write_atomic(frame, output: Path) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-    os.close(fd)
-    try:
-        kind = _WRITERS[output.suffix]
-        if kind == "csv":
-            frame.to_csv(tmp, index=False)
-        elif kind == "jsonl":
-            frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
-        else:
-            frame.to_parquet(tmp, index=False)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -11,7 +11,25 @@ real reviews; `build_texts` turns rows into texts; `load_splits` does all of it 
 from __future__ import annotations
 
 from peftkit.data.builtin import reviews_frame
-from peftkit.data.files import BUILTIN_REVIEWS, build_texts, read_table
+from peftkit.data.files import (
+    BUILTIN_REVIEWS,
+    BUILTIN_SYNTH,
+    build_texts,
+    check_writable,
+    read_table,
+    write_table,
+)
 from peftkit.data.splits import TASKS, Splits, load_splits
 
-__all__ = ["BUILTIN_REVIEWS", "TASKS", "Splits", "build_texts", "load_splits", "read_table", "reviews_frame"]
+__all__ = [
+    "BUILTIN_REVIEWS",
+    "BUILTIN_SYNTH",
+    "TASKS",
+    "Splits",
+    "build_texts",
+    "check_writable",
+    "load_splits",
+    "read_table",
+    "reviews_frame",
+    "write_table",
+]

@@ -28,6 +28,7 @@ from peftkit.errors import PeftkitError
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_REVIEWS = "builtin:reviews"
+BUILTIN_SYNTH = "builtin:synth/"  # builtin:synth/<task>[?rows=N&seed=S]: generated on the fly, see synth.py
 
 # extension -> `datasets` packaged builder; `.json` goes to the same builder, which reads JSON Lines and also a
 # single top-level array of objects.
@@ -35,6 +36,24 @@ _READERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parqu
 
 # How much of a library's error message to keep: enough to say what broke, short enough for one line.
 _REASON_CHARS = 160
+
+
+def _synthetic(name: str) -> pd.DataFrame:
+    """``builtin:synth/purchase_intent?rows=6000&seed=0`` -> the generated frame (defaults: 6,000 rows, seed 0)."""
+    from urllib.parse import parse_qs
+
+    from peftkit.data.synth import synthesize
+
+    task, _, query = name.removeprefix(BUILTIN_SYNTH).partition("?")
+    params = {k: v[-1] for k, v in parse_qs(query).items()}
+    unknown = set(params) - {"rows", "seed"}
+    try:
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {', '.join(sorted(unknown))}")
+        rows, seed = int(params.get("rows", 6000)), int(params.get("seed", 0))
+    except ValueError as exc:
+        raise PeftkitError(f"data {name!r}: {exc}; the form is {BUILTIN_SYNTH}<task>?rows=N&seed=S") from None
+    return synthesize(task, rows, seed)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -53,9 +72,13 @@ def read_table(path: str | Path) -> pd.DataFrame:
             parsed; the message names the file.
     """
     name = str(path)
+    if name.startswith(BUILTIN_SYNTH):
+        return _synthetic(name)
     if name.startswith(BUILTIN_PREFIX):
         if name != BUILTIN_REVIEWS:
-            raise PeftkitError(f"unknown built-in data {name!r}; the only one is {BUILTIN_REVIEWS}")
+            raise PeftkitError(
+                f"unknown built-in data {name!r}; use {BUILTIN_REVIEWS} or {BUILTIN_SYNTH}<task> (peftkit data synth --help)"
+            )
         from peftkit.data.builtin import reviews_frame
 
         return reviews_frame()
@@ -291,3 +314,35 @@ def short_list(items: list[Any], limit: int = 12) -> str:
     """A list for a one-line message, cut after `limit` items."""
     shown = ", ".join(str(item) for item in items[:limit])
     return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+_WRITERS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+def check_writable(path: Path) -> None:
+    """Refuse an output path whose format peftkit cannot write, before any work is done."""
+    if Path(path).suffix.lower() not in _WRITERS:
+        raise PeftkitError(f"--output {path}: unknown format; use one of {', '.join(_WRITERS)}")
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """Write `frame` as CSV, JSONL or Parquet (by suffix), atomically: a temp file beside it, then a rename."""
+    import os
+
+    path = Path(path)
+    check_writable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        kind = _WRITERS[path.suffix.lower()]
+        if kind == "csv":
+            frame.to_csv(tmp, index=False)
+        elif kind == "jsonl":
+            frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        else:
+            frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
