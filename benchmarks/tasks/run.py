@@ -84,6 +84,22 @@ def adapter_run(cfg, out: str, **overrides) -> dict:
     }
 
 
+def write_results(out: Path, results: list[dict]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "command": "python " + " ".join(sys.argv),
+                "synthetic": True,
+                "versions": package_versions(),
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="minilm-l6", choices=list(RECIPES))
@@ -112,23 +128,13 @@ def main() -> None:
                 "eval_rows": len(splits.eval_texts),
                 "tabular_numeric_only": tabular_baseline(cfg, splits),
                 "adapter_text_and_fields": adapter_run(recipe, f"{tmp}/{name}-full"),
-                "adapter_text_only": adapter_run(recipe, f"{tmp}/{name}-text", **{"data.template": "{text}"}),
+                "adapter_text_only": None
+                if args.no_text_only
+                else adapter_run(recipe, f"{tmp}/{name}-text", **{"data.template": "{text}"}),
             }
             results.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "command": "python " + " ".join(sys.argv),
-                "synthetic": True,
-                "versions": package_versions(),
-                "results": results,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+            write_results(args.out, results)  # after every task: a long run that dies keeps what it finished
     key = {"classification": "accuracy", "ordinal": "accuracy", "regression": "spearman"}
     print(
         f"{'task':<24}{'metric':>10}{'majority':>9}{'GBM nums':>9}{'text+fld':>9}{'text':>8}{'params':>9}{'MB':>6}"
