@@ -81,6 +81,24 @@ class TrainConfig(_Strict):
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
 
 
+class SegmentsConfig(_Strict):
+    """One adapter per value of a column (platform, user segment), beside a global adapter: an adapter bank."""
+
+    column: str = Field(description="column whose values name the segments, e.g. platform")
+    min_rows: int = Field(
+        200, gt=0, description="segments with fewer training rows get no adapter of their own and fall back"
+    )
+    warm_start: bool = Field(
+        True, description="start each segment adapter from the global one instead of from scratch"
+    )
+    fallback: Literal["global", "error"] = Field(
+        "global", description="what answers a segment without an adapter: the global adapter, or an error"
+    )
+    values: list[str] | None = Field(
+        None, description="train adapters for these values only (others fall back); default: every value"
+    )
+
+
 MethodConfig = Annotated[Union[tuple(spec.options for spec in METHODS.values())], Field(discriminator="name")]
 
 
@@ -90,6 +108,9 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: MethodConfig = Field(default_factory=lambda: METHODS["lora"].options(name="lora"))
     train: TrainConfig = Field(default_factory=TrainConfig)
+    segments: SegmentsConfig | None = Field(
+        None, description="train an adapter bank: a global adapter and one adapter per segment"
+    )
     output: str | None = Field(None, description="adapter folder; default runs/<data>-<model>-<method>")
 
     @model_validator(mode="after")
@@ -112,6 +133,8 @@ class RunConfig(_Strict):
             if ("/" in self.model.name or self.model.name.endswith(".gguf"))
             else self.model.name
         )
+        if self.segments is not None:
+            return str(Path("banks") / f"{data}-{model}-{self.method.name}-by-{self.segments.column}")
         return str(Path("runs") / f"{data}-{model}-{self.method.name}")
 
 

@@ -48,10 +48,12 @@ class Predictor:
     def device(self):
         return next(p for p in self.model.parameters()).device
 
-    def logits(self, texts: list[str]) -> np.ndarray:
+    def logits(self, texts: list[str], adapter_names: list[str] | None = None) -> np.ndarray:
         """Raw head outputs, (N, num_outputs) float32, in input order.
 
-        Rows are batched by length (less padding) and put back in order; dropout is off.
+        Rows are batched by length (less padding) and put back in order; dropout is off. ``adapter_names`` (one per
+        text) runs each row through its own loaded adapter within the same batch, for methods that can
+        (`MethodSpec.mixed_batch`); without it the active adapter answers every row.
         """
         import torch
 
@@ -69,6 +71,8 @@ class Predictor:
                 idx = order[start : start + self.batch_size]
                 batch = self.tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="pt")
                 batch = {k: v.to(self.device) for k, v in batch.items()}
+                if adapter_names is not None:
+                    batch["adapter_names"] = [adapter_names[i] for i in idx]
                 logits = self.model(**batch).logits.float().cpu().numpy()  # (b, num_outputs)
                 for row, i in zip(logits, idx):
                     out[i] = row
@@ -77,26 +81,37 @@ class Predictor:
 
     def predict(self, texts: list[str]) -> list[Prediction]:
         """One `Prediction` per text, in order."""
-        decoded = self.task.decode(self.logits(texts)) if len(texts) else None
-        if decoded is None:
-            return []
-        results = []
-        for i in range(len(texts)):
-            if decoded.score is not None:
-                results.append(Prediction(None, float(decoded.score[i]), None, self.adapter))
-            else:
-                probs = {lab: float(p) for lab, p in zip(self.labels, decoded.probs[i])}
-                results.append(Prediction(self.labels[decoded.index[i]], None, probs, self.adapter))
-        return results
+        return decode_predictions(self.task, self.labels, self.logits(texts), [self.adapter] * len(texts))
 
     def predict_columns(self, texts: list[str]) -> dict[str, list]:
         """Columns for a predictions file: ``prediction``, one ``prob_<label>`` per class, ``adapter``."""
-        preds = self.predict(texts)
-        cols: dict[str, list] = {"prediction": [p.label if p.score is None else p.score for p in preds]}
-        for lab in self.labels or []:
-            cols[f"prob_{lab}"] = [p.probabilities[lab] for p in preds]
-        cols["adapter"] = [p.adapter for p in preds]
-        return cols
+        return prediction_columns(self.predict(texts), self.labels)
+
+
+def decode_predictions(
+    task, labels: list[str] | None, logits: np.ndarray, adapters: list[str]
+) -> list[Prediction]:
+    """Head outputs -> one `Prediction` per row; ``adapters[i]`` names the adapter that answered row ``i``."""
+    if not len(adapters):
+        return []
+    decoded = task.decode(logits)
+    results = []
+    for i, adapter in enumerate(adapters):
+        if decoded.score is not None:
+            results.append(Prediction(None, float(decoded.score[i]), None, adapter))
+        else:
+            probs = {lab: float(p) for lab, p in zip(labels, decoded.probs[i])}
+            results.append(Prediction(labels[decoded.index[i]], None, probs, adapter))
+    return results
+
+
+def prediction_columns(preds: list[Prediction], labels: list[str] | None) -> dict[str, list]:
+    """Columns for a predictions file: ``prediction``, one ``prob_<label>`` per class, ``adapter``."""
+    cols: dict[str, list] = {"prediction": [p.label if p.score is None else p.score for p in preds]}
+    for lab in labels or []:
+        cols[f"prob_{lab}"] = [p.probabilities[lab] for p in preds]
+    cols["adapter"] = [p.adapter for p in preds]
+    return cols
 
 
 def load_predictor(

@@ -20,7 +20,7 @@ from typing import Any
 from peftkit import models
 from peftkit.adapter import FORMAT_VERSION, check_output, package_versions, save_with
 from peftkit.config import RunConfig
-from peftkit.data import load_splits
+from peftkit.data import Splits, load_splits
 from peftkit.errors import NonFiniteLossError, PeftkitError
 from peftkit.methods import METHODS, MethodContext
 from peftkit.predictor import Predictor
@@ -52,6 +52,9 @@ def train(
     resume: bool = False,
     progress: bool = True,
     callbacks: list | None = None,
+    splits: Splits | None = None,
+    init_from: Path | None = None,
+    manifest_extra: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train one adapter as `cfg` says and write its folder; returns the folder, manifest and a ready predictor.
 
@@ -61,6 +64,9 @@ def train(
         resume: continue from the last checkpoint of an interrupted run with the same output folder.
         progress: show Trainer's progress bar (stderr).
         callbacks: extra `transformers.TrainerCallback`s, e.g. for custom logging or early stopping.
+        splits: rows already split (segment training passes each segment's share); default: read from ``cfg.data``.
+        init_from: an adapter folder of the same method to start from (warm start) instead of a fresh adapter.
+        manifest_extra: more keys for the manifest (the segment an adapter is for).
     """
     out = Path(cfg.output or cfg.default_output())
     check_output(out, cfg.model_dump(mode="json"), overwrite=overwrite)
@@ -70,7 +76,7 @@ def train(
         raise PeftkitError(f"--resume: no checkpoint in {ckpt} to continue from; run without --resume")
 
     spec, task = METHODS[cfg.method.name], TASKS[cfg.task]
-    splits = load_splits(cfg.data, cfg.task, cfg.train.seed)
+    splits = splits or load_splits(cfg.data, cfg.task, cfg.train.seed)
     labels_note = f", labels {', '.join(splits.labels)}" if splits.labels else ""
     log.info(
         "data: %d train / %d eval rows from %s%s",
@@ -79,7 +85,7 @@ def train(
         cfg.data.train,
         labels_note,
     )
-    run = _setup_model(cfg, splits)
+    run = _setup_model(cfg, splits, init_from)
 
     ckpt.mkdir(parents=True, exist_ok=True)
     trainer = make_trainer(
@@ -115,7 +121,11 @@ def train(
     log.info("evaluating on %d held-out rows", len(splits.eval_texts))
     import numpy as np
 
-    metrics = task.metrics(np.asarray(splits.eval_labels), task.decode(predictor.logits(splits.eval_texts)))
+    metrics = (
+        task.metrics(np.asarray(splits.eval_labels), task.decode(predictor.logits(splits.eval_texts)))
+        if splits.eval_texts
+        else {}  # a small segment can have no held-out rows
+    )
     history = trainer.state.log_history
     speed = {
         "steps": trainer.state.global_step,
@@ -125,7 +135,7 @@ def train(
         "samples_per_second": train_out.metrics.get("train_samples_per_second", 0.0),
         "final_loss": _last_loss(history),
     }
-    predictor.manifest = manifest = _manifest(cfg, run, splits, metrics, speed)
+    predictor.manifest = manifest = _manifest(cfg, run, splits, metrics, speed) | (manifest_extra or {})
     if trainer.is_world_process_zero():
         save_with(lambda tmp: spec.save(run.model, tmp), out, manifest, history)
         _remove_tree(ckpt)
@@ -147,8 +157,9 @@ class _Run:
     trainable_params: int
 
 
-def _setup_model(cfg: RunConfig, splits) -> _Run:
-    """Resolve and load the base with a fresh head, then apply the method (only adapter + head trainable)."""
+def _setup_model(cfg: RunConfig, splits, init_from: Path | None = None) -> _Run:
+    """Resolve and load the base with a fresh head, then apply the method (only adapter + head trainable), starting
+    from the adapter in `init_from` when given."""
     from transformers import set_seed
 
     spec, task = METHODS[cfg.method.name], TASKS[cfg.task]
@@ -173,6 +184,9 @@ def _setup_model(cfg: RunConfig, splits) -> _Run:
     steps = _total_steps(len(splits.train_texts), cfg, world)
     ctx = MethodContext(model.config.model_type, heads, steps, cfg.model.quant == "8bit")
     model = spec.apply(model, cfg.method, ctx)
+    if init_from is not None:
+        log.info("warm start from %s", init_from)
+        spec.warm_start(model, Path(init_from))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info(
         "method: %s, %s trainable params (%.3f%% of %s), %d optimizer steps, lr %g",

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from peftkit.methods._peft import apply_peft, attach_peft, save_peft
+from peftkit.methods._peft import PEFT_BANK_CALLS, apply_peft, attach_peft, save_peft
 from peftkit.methods.base import MethodContext, MethodOptions, MethodSpec
 
 
@@ -144,6 +144,7 @@ SPEC = MethodSpec(
     apply=apply,
     attach=attach_peft,
     save=save_peft,
+    **PEFT_BANK_CALLS,
     callbacks=callbacks,
     extra_loss=orthogonality_penalty,
     describe=describe,

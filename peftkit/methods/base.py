@@ -54,11 +54,18 @@ class MethodSpec:
         peft_native: the adapter folder loads with plain ``peft.PeftModel.from_pretrained``.
         supports_gradient_checkpointing: False where the method breaks under it (prefix tuning).
         apply: ``(base, options, ctx) -> model`` returning the model to train, only adapter and head trainable.
-        attach: ``(base, folder) -> model`` attaching a saved adapter for inference.
+        attach: ``(base, folder, name) -> model`` attaching a saved adapter for inference under ``name``.
         save: ``(model, folder)`` writing ``adapter_config.json`` + ``adapter_model.safetensors`` (head included).
         callbacks: ``(model, options, ctx) -> [TrainerCallback]`` hooks the loop installs (AdaLoRA's allocator).
         extra_loss: ``(model) -> tensor`` added to the task loss each step (AdaLoRA's orthogonality penalty).
         describe: ``(folder) -> dict`` method facts for ``peftkit inspect`` (AdaLoRA's final rank pattern).
+        load_adapter: ``(model, folder, name)`` adds another saved adapter (and its head) to an attached model.
+        set_adapter: ``(model, name)`` makes a loaded adapter (and its head) the one that answers.
+        delete_adapter: ``(model, name)`` frees a loaded adapter that is not the only one.
+        warm_start: ``(model, folder)`` sets a freshly applied adapter's weights from a saved one (segment
+            adapters starting from the global adapter).
+        mixed_batch: one forward pass serves rows for different adapters when given ``adapter_names=[...]``, one
+            name per row (peft's LoRA); other methods are run one adapter group at a time.
     """
 
     name: str
@@ -67,9 +74,14 @@ class MethodSpec:
     default_lr: float
     peft_native: bool
     apply: Callable[[nn.Module, Any, MethodContext], nn.Module]
-    attach: Callable[[nn.Module, Path], nn.Module]
+    attach: Callable[..., nn.Module]
     save: Callable[[nn.Module, Path], None]
     supports_gradient_checkpointing: bool = True
     callbacks: Callable[[nn.Module, Any, MethodContext], list] = field(default=lambda model, options, ctx: [])
     extra_loss: Callable[[nn.Module], Any] | None = None
     describe: Callable[[Path], dict] = field(default=lambda folder: {})
+    load_adapter: Callable[[nn.Module, Path, str], None] | None = None
+    set_adapter: Callable[[nn.Module, str], None] | None = None
+    delete_adapter: Callable[[nn.Module, str], None] | None = None
+    warm_start: Callable[[nn.Module, Path], None] | None = None
+    mixed_batch: bool = False

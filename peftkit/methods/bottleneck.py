@@ -123,6 +123,10 @@ class BottleneckModel(nn.Module):
         self.options = options
         self.head_names = tuple(head_names)
         self.adapted_modules = tuple(adapted_modules)
+        # Several loaded adapters share the HF model's one head module: each keeps its head weights here and
+        # `set_adapter` copies them in (a few KB; cheaper and simpler than wrapping the head per adapter).
+        self.head_weights: dict[str, dict[str, torch.Tensor]] = {}
+        self.active_adapter = DEFAULT_ADAPTER
 
     @property
     def config(self):
@@ -179,10 +183,10 @@ def _linears(model: nn.Module, names) -> dict[str, nn.Linear]:
     return layers
 
 
-def _insert(model: nn.Module, layers: dict[str, nn.Linear], opts: BottleneckOptions) -> None:
+def _insert(model: nn.Module, layers: dict[str, nn.Linear], opts: BottleneckOptions, adapter: str) -> None:
     for name, layer in layers.items():
         wrapper = BottleneckLayer(layer)
-        wrapper.add_adapter(DEFAULT_ADAPTER, opts.bottleneck_dim, opts.non_linearity)
+        wrapper.add_adapter(adapter, opts.bottleneck_dim, opts.non_linearity)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, wrapper)
 
@@ -200,12 +204,14 @@ def _head_params(model: nn.Module, head_names) -> dict[str, nn.Parameter]:
     return params
 
 
-def _saved_params(model: BottleneckModel) -> dict[str, nn.Parameter]:
-    """Adapter and head parameters, keyed by their path in the HF model (``...down_proj.adapters.default.up.bias``)."""
+def _saved_params(model: BottleneckModel, adapter: str = DEFAULT_ADAPTER) -> dict[str, nn.Parameter]:
+    """Adapter `adapter`'s parameters and the head's, keyed as in the file: by their path in the HF model, with the
+    adapter always called ``default`` there (``...down_proj.adapters.default.up.bias``), whatever its name in memory.
+    """
     params = {}
     for name in model.adapted_modules:
-        for n, p in model.model.get_submodule(name).adapters.named_parameters():
-            params[f"{name}.adapters.{n}"] = p
+        for n, p in model.model.get_submodule(name).adapters[adapter].named_parameters():
+            params[f"{name}.adapters.{DEFAULT_ADAPTER}.{n}"] = p
     params.update(_head_params(model.model, model.head_names))
     return params
 
@@ -216,7 +222,7 @@ def apply(base: nn.Module, opts: BottleneckOptions, ctx: MethodContext) -> Bottl
     layers = _linears(base, resolve_targets(base, opts, ctx.model_type, ctx.head_names))
     heads = _head_params(base, ctx.head_names)  # all checks done before the model is changed
     base.requires_grad_(False)
-    _insert(base, layers, opts)
+    _insert(base, layers, opts, DEFAULT_ADAPTER)
     for p in heads.values():
         p.requires_grad_(True)
     return BottleneckModel(base, opts, ctx.head_names, list(layers))
@@ -227,7 +233,9 @@ def save(model: BottleneckModel, folder: Path) -> None:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: p.detach().to("cpu").contiguous() for k, p in _saved_params(model).items()}
+    tensors = {
+        k: p.detach().to("cpu").contiguous() for k, p in _saved_params(model, model.active_adapter).items()
+    }
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     config = {
         "peftkit_method": "bottleneck",
@@ -249,10 +257,9 @@ def _read_config(folder: Path) -> dict:
     return config
 
 
-def attach(base: nn.Module, folder: Path) -> BottleneckModel:
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    folder = Path(folder)
     if not (folder / WEIGHTS_NAME).is_file():
         if (folder / "adapter_model.bin").is_file():
             raise PeftkitError(
@@ -260,17 +267,14 @@ def attach(base: nn.Module, folder: Path) -> BottleneckModel:
                 "(unpickling can run arbitrary code)"
             )
         raise PeftkitError(f"{folder} has no {WEIGHTS_NAME}")
-    config = _read_config(folder)
-    opts = BottleneckOptions.model_validate(config["options"])
-    if (base_type := getattr(base.config, "model_type", None)) != config["model_type"]:
-        raise PeftkitError(
-            f"{folder} was trained on a {config['model_type']!r} model, this base is {base_type!r}"
-        )
-    layers = _linears(base, config["adapted_modules"])
-    _head_params(base, config["head_names"])  # all checks done before the model is changed
-    _insert(base, layers, opts)
-    model = BottleneckModel(base, opts, config["head_names"], config["adapted_modules"])
-    params, tensors = _saved_params(model), load_file(str(folder / WEIGHTS_NAME))
+    return load_file(str(folder / WEIGHTS_NAME))
+
+
+def _copy_weights(
+    model: BottleneckModel, adapter: str, tensors: dict[str, torch.Tensor], folder: Path
+) -> None:
+    """Copy a saved adapter's tensors into adapter `adapter` and the head, after checking every key and shape."""
+    params = _saved_params(model, adapter)
     missing, unexpected = sorted(params.keys() - tensors.keys()), sorted(tensors.keys() - params.keys())
     if missing or unexpected:
         raise PeftkitError(
@@ -283,8 +287,95 @@ def attach(base: nn.Module, folder: Path) -> BottleneckModel:
     with torch.no_grad():
         for key, p in params.items():
             p.copy_(tensors[key])
+
+
+def _head_tensors(model: BottleneckModel) -> dict[str, torch.Tensor]:
+    return {k: p.detach().clone() for k, p in _head_params(model.model, model.head_names).items()}
+
+
+def attach(base: nn.Module, folder: Path, name: str = DEFAULT_ADAPTER) -> BottleneckModel:
+    folder = Path(folder)
+    tensors = _read_weights(folder)
+    config = _read_config(folder)
+    opts = BottleneckOptions.model_validate(config["options"])
+    if (base_type := getattr(base.config, "model_type", None)) != config["model_type"]:
+        raise PeftkitError(
+            f"{folder} was trained on a {config['model_type']!r} model, this base is {base_type!r}"
+        )
+    layers = _linears(base, config["adapted_modules"])
+    _head_params(base, config["head_names"])  # all checks done before the model is changed
+    _insert(base, layers, opts, name)
+    model = BottleneckModel(base, opts, config["head_names"], config["adapted_modules"])
+    model.active_adapter = name
+    _copy_weights(model, name, tensors, folder)
+    model.head_weights[name] = _head_tensors(model)
     model.requires_grad_(False)
     return model.eval()
+
+
+def load_adapter(model: BottleneckModel, folder: Path, name: str) -> None:
+    """Add the adapter in `folder` under `name`, beside those already loaded; the active one does not change."""
+    folder = Path(folder)
+    tensors = _read_weights(folder)
+    config = _read_config(folder)
+    if (
+        tuple(config["adapted_modules"]) != model.adapted_modules
+        or tuple(config["head_names"]) != model.head_names
+    ):
+        raise PeftkitError(
+            f"{folder} adapts other modules than the adapters already loaded; a bank needs one placement"
+        )
+    if name in model.head_weights:
+        raise PeftkitError(f"an adapter named {name!r} is already loaded")
+    opts = BottleneckOptions.model_validate(config["options"])
+    layers = [model.model.get_submodule(m) for m in model.adapted_modules]
+    active_head = _head_tensors(model)
+    for layer in layers:
+        layer.adapters[name] = BottleneckAdapter(
+            layer.base_layer.out_features, opts.bottleneck_dim, opts.non_linearity
+        ).to(device=layer.base_layer.weight.device, dtype=torch.float32)
+    try:
+        _copy_weights(model, name, tensors, folder)  # also writes the head: restored below
+        model.head_weights[name] = _head_tensors(model)
+    except PeftkitError:
+        for layer in layers:
+            del layer.adapters[name]
+        raise
+    finally:
+        _set_head(model, active_head)
+    model.requires_grad_(False)
+
+
+def _set_head(model: BottleneckModel, tensors: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for key, p in _head_params(model.model, model.head_names).items():
+            p.copy_(tensors[key])
+
+
+def set_adapter(model: BottleneckModel, name: str) -> None:
+    if name not in model.head_weights:
+        raise PeftkitError(f"no adapter named {name!r} is loaded (loaded: {', '.join(model.head_weights)})")
+    for module in model.adapted_modules:
+        model.model.get_submodule(module).active_adapter = name
+    _set_head(model, model.head_weights[name])
+    model.active_adapter = name
+
+
+def delete_adapter(model: BottleneckModel, name: str) -> None:
+    if name == model.active_adapter:
+        others = [n for n in model.head_weights if n != name]
+        if not others:
+            raise PeftkitError(f"adapter {name!r} is the only one loaded; load another before deleting it")
+        set_adapter(model, others[0])
+    for module in model.adapted_modules:
+        del model.model.get_submodule(module).adapters[name]
+    del model.head_weights[name]
+
+
+def warm_start(model: BottleneckModel, folder: Path) -> None:
+    """Start the freshly applied adapter and head from a saved adapter with the same placement and width."""
+    folder = Path(folder)
+    _copy_weights(model, model.active_adapter, _read_weights(folder), folder)
 
 
 def describe(folder: Path) -> dict:
@@ -308,4 +399,8 @@ SPEC = MethodSpec(
     attach=attach,
     save=save,
     describe=describe,
+    load_adapter=load_adapter,
+    set_adapter=set_adapter,
+    delete_adapter=delete_adapter,
+    warm_start=warm_start,
 )

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from peftkit.methods._peft import apply_peft, attach_peft, save_peft
+from peftkit.methods._peft import PEFT_BANK_CALLS, apply_peft, attach_peft, save_peft
 from peftkit.methods.base import MethodContext, MethodOptions, MethodSpec
 
 
@@ -51,4 +51,6 @@ SPEC = MethodSpec(
     apply=apply,
     attach=attach_peft,
     save=save_peft,
+    **PEFT_BANK_CALLS,
+    mixed_batch=True,
 )

@@ -1,0 +1,459 @@
+"""Adapter banks: one base model in memory, one small adapter per platform or user segment, switched per row.
+
+    banks/reviews/
+      bank.json        segment -> adapter, fallback, base identity (sha256), per-adapter and per-segment metrics
+      global/          an adapter folder (peftkit train), trained on every row
+      hotel/ book/ ... one adapter folder per segment
+
+    bank = AdapterBank.open("banks/reviews")
+    bank.predict(["房间很干净", "书的纸质很差"], segments=["hotel", "book"])
+
+Opening a bank loads the base once and checks every adapter against it. Adapters load lazily on first use and stay
+in memory (at most ``max_loaded``, least recently used evicted first), so switching between loaded adapters touches
+no file. A batch whose rows belong to different segments runs in one forward pass where the method allows it (LoRA:
+peft's per-row ``adapter_names``), otherwise one pass per adapter group, and comes back in input order either way.
+
+A segment with no adapter of its own follows the bank's fallback: ``global`` answers it with the global adapter,
+``error`` refuses it. There is no fallback to the bare base: the classification head is trained with the adapter,
+so a base without one would answer at random.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from peftkit.adapter import read_manifest
+from peftkit.errors import PeftkitError
+from peftkit.predictor import Prediction, decode_predictions
+
+BANK_FILE = "bank.json"
+BANK_FORMAT = 1
+GLOBAL = "global"
+Fallback = Literal["global", "error"]
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class UnknownSegmentError(PeftkitError, KeyError):
+    """A segment the bank has no adapter for, and no fallback to answer it."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def is_bank(folder: str | Path) -> bool:
+    return (Path(folder) / BANK_FILE).is_file()
+
+
+def read_bank_file(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / BANK_FILE
+    if not path.is_file():
+        raise PeftkitError(
+            f"{folder} is not an adapter bank (no {BANK_FILE}); train one with --segment-column"
+        )
+    try:
+        bank = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PeftkitError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if bank.get("format_version", 0) > BANK_FORMAT:
+        raise PeftkitError(
+            f"{path} was written by a newer peftkit (format {bank['format_version']}); upgrade"
+        )
+    for key in ("base", "adapters", "segments", "fallback"):
+        if key not in bank:
+            raise PeftkitError(f"{path}: missing key {key!r}; not a bank file written by peftkit")
+    return bank
+
+
+def adapter_folder_name(value: str) -> str:
+    """A safe folder and adapter name for a segment value (which may hold '/', spaces or Chinese)."""
+    if _NAME.match(value) and value != GLOBAL:
+        return value
+    import hashlib
+
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", value).strip("_.-")[:40]
+    return f"{slug or 'segment'}-{hashlib.sha1(value.encode()).hexdigest()[:8]}"
+
+
+def check_compatible(bank: dict[str, Any], manifest: dict[str, Any], folder: Path) -> None:
+    """Refuse an adapter that cannot share the bank's base and head layout, naming what differs."""
+    if manifest["base"]["sha256"] != bank["base"]["sha256"]:
+        raise PeftkitError(
+            f"adapter {folder} was trained on base {manifest['base']['name']} (sha256 "
+            f"{manifest['base']['sha256'][:12]}), the bank's base is {bank['base']['name']} (sha256 "
+            f"{bank['base']['sha256'][:12]}); a bank holds adapters of one base only"
+        )
+    for key in ("method", "task", "labels"):
+        if manifest.get(key) != bank.get(key):
+            raise PeftkitError(
+                f"adapter {folder} has {key} {manifest.get(key)!r}, the bank {bank.get(key)!r}; a bank holds "
+                "adapters of one method and task with the same labels"
+            )
+    if manifest["config"]["data"]["max_length"] != bank["max_length"]:
+        raise PeftkitError(
+            f"adapter {folder} was trained with max_length {manifest['config']['data']['max_length']}, the bank "
+            f"uses {bank['max_length']}; retrain it with the bank's max_length"
+        )
+
+
+class AdapterBank:
+    """A base model with a bank's adapters, answering each row with its segment's adapter. Thread-safe.
+
+    Build it with `AdapterBank.open`. ``segments`` maps segment value -> adapter name; ``adapters`` maps adapter
+    name -> its entry in the bank file (folder, metrics); ``loaded`` lists the adapters in memory, least recently
+    used first.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        bank: dict[str, Any],
+        *,
+        quant: str | None,
+        device: str | None,
+        max_loaded: int,
+        batch_size: int,
+    ):
+        from peftkit import models
+        from peftkit.methods import METHODS
+        from peftkit.tasks import TASKS
+
+        if max_loaded < 1:
+            raise PeftkitError(f"max_loaded must be at least 1, got {max_loaded}")
+        self.folder, self.bank = folder, bank
+        self.spec = METHODS[bank["method"]]
+        self.task = TASKS[bank["task"]]
+        self.labels: list[str] | None = bank.get("labels")
+        self.max_loaded, self.batch_size = max_loaded, batch_size
+        self._lock = threading.RLock()
+        # In memory, adapters go by ids of their own ("a0", "a1"...): bank names may hold '.', which torch module
+        # names cannot, and a removed adapter that peft must keep (it never deletes its last one) cannot clash with
+        # a new adapter of the same name. `_loaded` maps bank name -> id, least recently used first; `_stale` holds
+        # ids still in the model but no longer routed, deleted as soon as another adapter is loaded.
+        self._loaded: OrderedDict[str, str] = OrderedDict()
+        self._stale: list[str] = []
+        self._ids = iter(range(1 << 62))
+        self._active: str | None = None  # id of the active adapter
+
+        ref = models.resolve(bank["base"]["name"])
+        if ref.sha256 != bank["base"]["sha256"]:
+            raise PeftkitError(
+                f"bank {folder} was built on base {bank['base']['name']} with sha256 {bank['base']['sha256'][:12]}, "
+                f"but that base here has sha256 {ref.sha256[:12]}; install the matching base"
+            )
+        self._manifests = {}
+        for name, entry in bank["adapters"].items():  # every adapter is checked now, not at its first request
+            path = self._path(entry)
+            manifest = read_manifest(path)
+            check_compatible(bank, manifest, path)
+            self._manifests[name] = manifest
+        self.device = device or models.default_device()
+        self.quant = quant or bank["quant"]
+        self.tokenizer = models.load_tokenizer(ref)
+        self._base, _ = models.load_base(
+            ref,
+            bank["num_outputs"],
+            quant=self.quant,
+            dtype=bank["dtype"],
+            device=self.device,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        self.model = None  # the base with the adapters attached, once the first one is loaded
+
+    # -- building -------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        folder: str | Path,
+        *,
+        quant: str | None = None,
+        device: str | None = None,
+        max_loaded: int = 8,
+        batch_size: int = 64,
+        preload: bool = False,
+    ) -> AdapterBank:
+        """Open a bank folder: load its base once and check every adapter against it.
+
+        Args:
+            folder: a bank written by ``peftkit train --segment-column``.
+            quant: ``"none"`` or ``"8bit"``; default: what the adapters were trained with.
+            device: default CUDA when available.
+            max_loaded: adapters kept in memory at once; the least recently used is evicted beyond it.
+            batch_size: rows per forward pass.
+            preload: load adapters now (up to ``max_loaded``) instead of on first use.
+        """
+        folder = Path(folder)
+        bank = cls(
+            folder,
+            read_bank_file(folder),
+            quant=quant,
+            device=device,
+            max_loaded=max_loaded,
+            batch_size=batch_size,
+        )
+        if preload:
+            for name in list(bank.adapters)[:max_loaded]:
+                bank._ensure_loaded([name])
+        return bank
+
+    # -- what the bank holds --------------------------------------------------------------------------------------
+
+    @property
+    def adapters(self) -> dict[str, dict[str, Any]]:
+        return self.bank["adapters"]
+
+    @property
+    def segments(self) -> dict[str, str]:
+        return self.bank["segments"]
+
+    @property
+    def fallback(self) -> str:
+        return self.bank["fallback"]
+
+    @property
+    def loaded(self) -> list[str]:
+        return list(self._loaded)
+
+    def resolve(self, segment: str | None) -> str:
+        """The adapter that answers `segment`: its own, else the fallback; `UnknownSegmentError` when there is none.
+
+        ``None`` asks for the global adapter.
+        """
+        if segment is not None and segment in self.segments:
+            return self.segments[segment]
+        if segment is not None and segment in self.adapters:  # an adapter added by name answers for itself
+            return segment
+        if (segment is None or self.fallback == "global") and GLOBAL in self.adapters:
+            return GLOBAL
+        known = ", ".join(sorted(self.segments)) or "none"
+        raise UnknownSegmentError(
+            f"no adapter for segment {segment!r} and the bank's fallback is {self.fallback!r}; known segments: {known}"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What the bank holds, as JSON: base, method, task, labels, segments, fallback, adapters with metrics."""
+        with self._lock:
+            loaded = set(self._loaded)
+        return {
+            "bank": str(self.folder),
+            "base": self.bank["base"],
+            "method": self.bank["method"],
+            "task": self.bank["task"],
+            "labels": self.labels,
+            "quant": self.quant,
+            "fallback": self.fallback,
+            "segment_column": self.bank.get("segment_column"),
+            "segments": dict(self.segments),
+            "adapters": {
+                name: {
+                    "path": entry["path"],
+                    "loaded": name in loaded,
+                    "metrics": self._manifests[name].get("metrics"),
+                    "train_rows": self._manifests[name]["data"]["train_rows"],
+                }
+                for name, entry in self.adapters.items()
+            },
+            "segment_evaluation": self.bank.get("segment_evaluation", {}),
+        }
+
+    # -- predicting -----------------------------------------------------------------------------------------------
+
+    def predict(self, texts: list[str], segments: str | list[str | None] | None = None) -> list[Prediction]:
+        """One `Prediction` per text, in order, each answered by its segment's adapter (``.adapter`` says which).
+
+        ``segments``: one per text, or one for all, or None for the global adapter.
+        """
+        names = self._adapter_names(texts, segments)
+        return decode_predictions(self.task, self.labels, self.logits(texts, names), names)
+
+    def predict_columns(self, texts: list[str], segments) -> dict[str, list]:
+        from peftkit.predictor import prediction_columns
+
+        return prediction_columns(self.predict(texts, segments), self.labels)
+
+    def _adapter_names(self, texts, segments) -> list[str]:
+        if isinstance(texts, str):
+            raise TypeError("predict() takes a list of texts; wrap a single text in a list")
+        if segments is None or isinstance(segments, str):
+            return [self.resolve(segments)] * len(texts)
+        if len(segments) != len(texts):
+            raise PeftkitError(
+                f"got {len(texts)} texts but {len(segments)} segments; give one segment per text"
+            )
+        resolved: dict[Any, str] = {}
+        for segment in segments:
+            if segment not in resolved:
+                resolved[segment] = self.resolve(segment)
+        return [resolved[s] for s in segments]
+
+    def logits(self, texts: list[str], adapter_names: list[str]) -> np.ndarray:
+        """Head outputs (N, num_outputs), row ``i`` through adapter ``adapter_names[i]``, in input order."""
+        from peftkit.predictor import Predictor
+
+        if not texts:
+            return np.zeros((0, self.bank["num_outputs"]), dtype=np.float32)
+        unknown = sorted(set(adapter_names) - set(self.adapters))
+        if unknown:
+            raise UnknownSegmentError(f"no adapter named {', '.join(unknown)} in bank {self.folder}")
+        out = np.zeros((len(texts), self.bank["num_outputs"]), dtype=np.float32)
+        wanted = list(dict.fromkeys(adapter_names))
+        with self._lock:
+            # More distinct adapters than may be loaded at once: answer them max_loaded at a time.
+            for start in range(0, len(wanted), self.max_loaded):
+                chunk = set(wanted[start : start + self.max_loaded])
+                self._ensure_loaded(list(chunk))
+                predictor = Predictor(
+                    self.model,
+                    self.tokenizer,
+                    task=self.bank["task"],
+                    labels=self.labels,
+                    max_length=self.bank["max_length"],
+                    adapter="",
+                    batch_size=self.batch_size,
+                )
+                rows = [i for i, name in enumerate(adapter_names) if name in chunk]
+                if self.spec.mixed_batch:  # one pass for every adapter (peft LoRA's per-row adapter_names)
+                    ids = [self._loaded[adapter_names[i]] for i in rows]
+                    out[rows] = predictor.logits([texts[i] for i in rows], ids)
+                    continue
+                for name in wanted[
+                    start : start + self.max_loaded
+                ]:  # one pass per adapter, rows put back in place
+                    group = [i for i in rows if adapter_names[i] == name]
+                    self.activate(name)
+                    out[group] = predictor.logits([texts[i] for i in group])
+        return out
+
+    # -- loading, switching, adding -------------------------------------------------------------------------------
+
+    def activate(self, name: str) -> None:
+        """Make adapter `name` the active one, loading it first if needed (what the switch benchmark times)."""
+        with self._lock:
+            self._ensure_loaded([name])
+            self._set_active(self._loaded[name])
+
+    def _set_active(self, adapter_id: str) -> None:
+        if self._active != adapter_id:
+            self.spec.set_adapter(self.model, adapter_id)
+            self._active = adapter_id
+
+    def _ensure_loaded(self, names: list[str]) -> None:
+        """Load the adapters in `names` that are not in memory, evicting least recently used others beyond the cap."""
+        with self._lock:
+            for name in names:
+                if name in self._loaded:
+                    self._loaded.move_to_end(name)
+                    continue
+                path, adapter_id = self._path(self.adapters[name]), f"a{next(self._ids)}"
+                if self.model is None:
+                    self.model = self.spec.attach(self._base, path, adapter_id)
+                    self.model.eval()
+                    self._active = adapter_id
+                else:
+                    self.spec.load_adapter(self.model, path, adapter_id)
+                self._loaded[name] = adapter_id
+            while self._stale:
+                self._delete(self._stale.pop())
+            keep = set(names)
+            for old in [n for n in self._loaded if n not in keep][
+                : max(0, len(self._loaded) - self.max_loaded)
+            ]:
+                self._delete(self._loaded.pop(old))
+
+    def _delete(self, adapter_id: str) -> None:
+        if adapter_id == self._active:
+            self._set_active(next(iter(self._loaded.values())))
+        self.spec.delete_adapter(self.model, adapter_id)
+
+    def add(
+        self, name: str, folder: str | Path, *, segments: list[str] | None = None, persist: bool = False
+    ) -> None:
+        """Add an adapter at runtime (no restart) and route `segments` (default: ``[name]``) to it.
+
+        The adapter must share the bank's base (same weights hash), method, task, labels and max_length. With
+        ``persist`` the folder is copied into the bank and ``bank.json`` rewritten, so the next open has it too.
+        """
+        folder = Path(folder)
+        if not _NAME.match(name):
+            raise PeftkitError(
+                f"adapter name {name!r}: use letters, digits, '_', '.' or '-' (up to 64), starting with a letter or digit"
+            )
+        manifest = read_manifest(folder)
+        check_compatible(self.bank, manifest, folder)
+        with self._lock:
+            if name in self.adapters:
+                raise PeftkitError(
+                    f"bank {self.folder} already has an adapter named {name!r}; remove it first"
+                )
+            path = folder.resolve()
+            if persist:
+                path = self._copy_in(name, folder)
+            entry = {"path": _relative(path, self.folder), "train_rows": manifest["data"]["train_rows"]}
+            self.adapters[name] = entry
+            self._manifests[name] = manifest
+            for segment in segments or [name]:
+                self.segments[segment] = name
+            if persist:
+                self._write_bank_file()
+
+    def remove(self, name: str, *, persist: bool = False) -> None:
+        """Drop an adapter from memory and routing; its segments then follow the fallback."""
+        with self._lock:
+            if name not in self.adapters:
+                raise PeftkitError(f"bank {self.folder} has no adapter named {name!r}")
+            if name in self._loaded:
+                adapter_id = self._loaded.pop(name)
+                if self._loaded:
+                    self._delete(adapter_id)
+                else:  # the last one in memory: peft cannot delete it, so it waits for the next load
+                    self._stale.append(adapter_id)
+            del self.adapters[name]
+            del self._manifests[name]
+            for segment in [s for s, a in self.segments.items() if a == name]:
+                del self.segments[segment]
+            if persist:
+                self._write_bank_file()
+
+    def _path(self, entry: dict[str, Any]) -> Path:
+        path = Path(entry["path"])
+        return path if path.is_absolute() else self.folder / path
+
+    def _copy_in(self, name: str, folder: Path) -> Path:
+        import shutil
+
+        from peftkit.adapter import atomic_folder
+
+        dest = self.folder / name
+        if dest.exists():
+            raise PeftkitError(f"{dest} already exists; choose another adapter name")
+        with atomic_folder(dest) as tmp:
+            shutil.copytree(folder, tmp, dirs_exist_ok=True)
+        return dest
+
+    def _write_bank_file(self) -> None:
+        write_bank_file(self.folder, self.bank)
+
+
+def write_bank_file(folder: Path, bank: dict[str, Any]) -> None:
+    """Write ``bank.json`` through a temporary file and a rename, so readers never see half of it."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{BANK_FILE}.", dir=folder)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(bank, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, Path(folder) / BANK_FILE)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path.resolve())

@@ -1,0 +1,212 @@
+"""Segment training: a global adapter on every row, then one adapter per segment value, written as a bank.
+
+    peftkit train --recipe reviews/minilm-l6_lora_by-platform --output banks/reviews
+
+The rows are split once, before anything trains, so the global adapter never sees a held-out row of any segment.
+Each segment adapter trains on its segment's share of the training rows (optionally starting from the global
+adapter) and is evaluated on its segment's held-out rows, where the global adapter is evaluated too: the bank file
+records both, so it shows what each segment adapter gained or lost over the global one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from peftkit.adapter import MANIFEST, atomic_folder
+from peftkit.bank import BANK_FILE, BANK_FORMAT, GLOBAL, adapter_folder_name, write_bank_file
+from peftkit.config import RunConfig
+from peftkit.data import Splits, load_splits
+from peftkit.errors import PeftkitError
+from peftkit.tasks import TASKS
+
+log = logging.getLogger("peftkit")
+
+
+@dataclass
+class BankResult:
+    output: Path
+    bank: dict[str, Any]
+
+    @property
+    def segment_evaluation(self) -> dict[str, dict[str, Any]]:
+        return self.bank["segment_evaluation"]
+
+
+def train_bank(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True) -> BankResult:
+    """Train the global and per-segment adapters `cfg.segments` asks for and write the bank folder atomically."""
+    from peftkit.train import train
+
+    seg = cfg.segments
+    if seg is None:
+        raise PeftkitError("train_bank needs cfg.segments (--segment-column)")
+    out = Path(cfg.output or cfg.default_output())
+    _check_bank_output(out, overwrite)
+    task = TASKS[cfg.task]
+    splits = load_splits(cfg.data, cfg.task, cfg.train.seed)
+    train_seg, eval_seg = _segment_values(splits, seg.column, cfg.data.train)
+    values = _chosen_values(train_seg, seg.values, seg.column)
+
+    with atomic_folder(out) as tmp:
+        log.info("segments: global adapter on all %d training rows", len(splits.train_texts))
+        global_cfg = cfg.model_copy(update={"output": str(tmp / GLOBAL), "segments": None})
+        global_run = train(global_cfg, progress=progress, splits=splits, manifest_extra={"segment": None})
+        global_logits = global_run.predictor.logits(splits.eval_texts)
+        global_eval_labels = np.asarray(splits.eval_labels)
+        bank_base = global_run.manifest["base"]
+        del global_run  # frees the model before the segment runs load theirs
+
+        adapters: dict[str, dict[str, Any]] = {GLOBAL: _entry(tmp / GLOBAL, GLOBAL)}
+        segments: dict[str, str] = {}
+        evaluation: dict[str, dict[str, Any]] = {}
+        for value in sorted(set(train_seg) | set(eval_seg), key=lambda v: -int((train_seg == v).sum())):
+            train_mask, eval_mask = train_seg == value, eval_seg == value
+            n_train, n_eval = int(train_mask.sum()), int(eval_mask.sum())
+            record: dict[str, Any] = {"train_rows": n_train, "eval_rows": n_eval, "adapter": None}
+            if n_eval:
+                record["global"] = task.metrics(
+                    global_eval_labels[eval_mask], task.decode(global_logits[eval_mask])
+                )
+            evaluation[value] = record
+            if value not in values:
+                record["skipped"] = "not in segments.values"
+                continue
+            if n_train < seg.min_rows:
+                record["skipped"] = f"{n_train} training rows < min_rows {seg.min_rows}"
+                log.info("segment %r: %s, falls back to %s", value, record["skipped"], seg.fallback)
+                continue
+            name = adapter_folder_name(value)
+            log.info("segment %r: %d train / %d eval rows -> adapter %s", value, n_train, n_eval, name)
+            seg_cfg = cfg.model_copy(update={"output": str(tmp / name), "segments": None})
+            result = train(
+                seg_cfg,
+                progress=progress,
+                splits=_subset(splits, train_mask, eval_mask, seg.column, value),
+                init_from=tmp / GLOBAL if seg.warm_start else None,
+                manifest_extra={
+                    "segment": {"column": seg.column, "value": value},
+                    "warm_start_from": GLOBAL if seg.warm_start else None,
+                },
+            )
+            adapters[name] = _entry(tmp / name, name)
+            segments[value] = name
+            record["adapter"] = name
+            if n_eval:
+                record["own"] = result.manifest["metrics"]
+                record["delta"] = {
+                    k: record["own"][k] - record["global"][k]
+                    for k in record["own"]
+                    if k in record["global"] and not k.startswith("majority")
+                }
+            del result
+
+        bank = {
+            "format_version": BANK_FORMAT,
+            "base": {"name": bank_base["name"], "sha256": bank_base["sha256"]},
+            "method": cfg.method.name,
+            "task": cfg.task,
+            "labels": splits.labels,
+            "num_outputs": task.num_outputs(splits.labels),
+            "quant": cfg.model.quant,
+            "dtype": cfg.model.dtype,
+            "max_length": cfg.data.max_length,
+            "segment_column": seg.column,
+            "fallback": seg.fallback,
+            "segments": segments,
+            "adapters": adapters,
+            "segment_evaluation": evaluation,
+            "config": cfg.model_dump(mode="json"),
+        }
+        write_bank_file(tmp, bank)
+    return BankResult(out, bank)
+
+
+def _entry(folder: Path, name: str) -> dict[str, Any]:
+    import json
+
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    return {"path": name, "train_rows": manifest["data"]["train_rows"], "metrics": manifest["metrics"]}
+
+
+def _check_bank_output(out: Path, overwrite: bool) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise PeftkitError(f"--output {out} is a file; choose a folder path for the bank")
+    if not any(out.iterdir()):
+        return
+    if not (out / BANK_FILE).is_file():
+        raise PeftkitError(f"--output {out} exists and is not an adapter bank; choose another --output")
+    if not overwrite:
+        raise PeftkitError(f"--output {out} already holds a bank; pass --overwrite to replace it")
+
+
+def _segment_values(splits: Splits, column: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+    for side, frame in (("training", splits.train_frame), ("held-out", splits.eval_frame)):
+        if column not in frame.columns:
+            have = ", ".join(map(str, frame.columns[:12]))
+            raise PeftkitError(
+                f"--segment-column {column!r}: no such column in the {side} rows of {source} (columns: {have})"
+            )
+        missing = frame[column].isna()
+        if missing.any():
+            row = int(np.flatnonzero(missing.to_numpy())[0])
+            raise PeftkitError(
+                f"--segment-column {column!r}: {int(missing.sum())} {side} rows of {source} have no value "
+                f"(first: kept row {row + 1}); fill them in (e.g. 'unknown') or drop them"
+            )
+    return (
+        splits.train_frame[column].astype(str).to_numpy(),
+        splits.eval_frame[column].astype(str).to_numpy(),
+    )
+
+
+def _chosen_values(train_seg: np.ndarray, wanted: list[str] | None, column: str) -> set[str]:
+    present = set(train_seg)
+    if wanted is None:
+        return present
+    absent = [v for v in wanted if v not in present]
+    if absent:
+        raise PeftkitError(
+            f"segments.values {absent} do not occur in column {column!r} (values: {', '.join(sorted(present)[:10])})"
+        )
+    return set(wanted)
+
+
+def _subset(splits: Splits, train_mask: np.ndarray, eval_mask: np.ndarray, column: str, value: str) -> Splits:
+    """The rows of one segment, with the stats the manifest reports recomputed for them."""
+    train_idx, eval_idx = np.flatnonzero(train_mask), np.flatnonzero(eval_mask)
+    stats = {
+        k: v
+        for k, v in splits.stats.items()
+        if k not in ("label_counts", "label_summary", "train_rows", "eval_rows")
+    }
+    stats.update(
+        segment={"column": column, "value": value}, train_rows=len(train_idx), eval_rows=len(eval_idx)
+    )
+    if splits.labels is not None:
+        stats["label_counts"] = {
+            side: {
+                splits.labels[k]: int(c)
+                for k, c in zip(*np.unique([labels[i] for i in idx], return_counts=True))
+            }
+            for side, labels, idx in (
+                ("train", splits.train_labels, train_idx),
+                ("eval", splits.eval_labels, eval_idx),
+            )
+        }
+    return dataclasses.replace(
+        splits,
+        train_texts=[splits.train_texts[i] for i in train_idx],
+        train_labels=[splits.train_labels[i] for i in train_idx],
+        eval_texts=[splits.eval_texts[i] for i in eval_idx],
+        eval_labels=[splits.eval_labels[i] for i in eval_idx],
+        train_frame=splits.train_frame.iloc[train_idx].reset_index(drop=True),
+        eval_frame=splits.eval_frame.iloc[eval_idx].reset_index(drop=True),
+        stats=stats,
+    )
