@@ -3,6 +3,9 @@
 import peftkit
 model = peftkit.load("runs/reviews-minilm-l6-lora")
 model.predict(["这台电脑散热很好", "房间太小了"])
+
+bank = peftkit.AdapterBank.open("banks/reviews")       # one base, one adapter per platform
+bank.predict(["房间很干净", "纸质很差"], segments=["hotel", "book"])
 """
 
 from __future__ import annotations
@@ -10,12 +13,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["PeftkitError", "Predictor", "__version__", "load", "train"]
+__all__ = ["AdapterBank", "PeftkitError", "Predictor", "__version__", "load", "train"]
 
 from peftkit.errors import PeftkitError
 
 if TYPE_CHECKING:
+    from peftkit.bank import AdapterBank
     from peftkit.predictor import Predictor
+
+
+def __getattr__(name: str):
+    if name == "AdapterBank":  # lazily: importing peftkit stays cheap (no torch) until a bank is used
+        from peftkit.bank import AdapterBank
+
+        return AdapterBank
+    raise AttributeError(f"module 'peftkit' has no attribute {name!r}")
 
 
 def load(
@@ -35,8 +47,13 @@ def load(
     return load_predictor(adapter, base=base, quant=quant, device=device)
 
 
-def train(config: Any) -> Any:
-    """Train one adapter from a resolved `peftkit.config.RunConfig`; see `peftkit.train.train`."""
+def train(config: Any, **kwargs: Any) -> Any:
+    """Train from a resolved `peftkit.config.RunConfig`: one adapter (`peftkit.train.train`), or an adapter bank
+    when the config has ``segments`` (`peftkit.segments.train_bank`)."""
+    if config.segments is not None:
+        from peftkit.segments import train_bank
+
+        return train_bank(config, **kwargs)
     from peftkit.train import train as _train
 
-    return _train(config)
+    return _train(config, **kwargs)

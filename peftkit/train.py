@@ -68,6 +68,8 @@ def train(
         init_from: an adapter folder of the same method to start from (warm start) instead of a fresh adapter.
         manifest_extra: more keys for the manifest (the segment an adapter is for).
     """
+    if cfg.segments is not None:
+        raise PeftkitError("this config trains an adapter bank (segments:); use peftkit.segments.train_bank")
     out = Path(cfg.output or cfg.default_output())
     check_output(out, cfg.model_dump(mode="json"), overwrite=overwrite)
     ckpt = checkpoint_dir(out)

@@ -17,6 +17,7 @@ import peftkit
 from peftkit.cli import app
 from peftkit.config import load_config
 from peftkit.methods import METHODS
+from peftkit.segments import train_bank
 from peftkit.train import train
 
 pytestmark = pytest.mark.slow
@@ -94,6 +95,13 @@ def test_every_recipe_trains_end_to_end(recipe, tmp_path, real_cache, monkeypatc
             "output": str(tmp_path / "adapter"),
         },
     )
+    if cfg.segments is not None:  # a bank recipe: global + one adapter per segment value, a few steps each
+        cfg = cfg.model_copy(update={"segments": cfg.segments.model_copy(update={"min_rows": 2})})
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_train_rows": 80})})
+        bank = train_bank(cfg, progress=False).bank
+        assert set(bank["segments"]) == set(cfg.segments.values or bank["segments"]) and bank["segments"]
+        assert (tmp_path / "adapter" / "bank.json").is_file()
+        return
     result = train(cfg, progress=False)
     assert result.manifest["task"] == cfg.task and result.manifest["train"]["steps"] == 2
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

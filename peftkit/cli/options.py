@@ -50,6 +50,26 @@ LrOpt = _opt(float, "Learning rate; default: the method's own.")
 SeedOpt = _opt(int, "Seed for the split, the head's init and the data order.")
 MaxLengthOpt = _opt(int, "Tokens kept per row; longer rows are truncated.")
 ReportToOpt = _opt(list[ReportTo], "Also log to tensorboard, wandb or mlflow (repeatable).")
+Fallback = Enum("Fallback", {"global": "global", "error": "error"}, type=str)
+SegmentColumnOpt = _opt(
+    str,
+    "Train an adapter bank: a global adapter on all rows, then one adapter per value of this column "
+    "(platform, user segment); --output is then the bank folder.",
+)
+MinSegmentRowsOpt = _opt(
+    int, "Segments with fewer training rows get no adapter of their own and fall back (default 200)."
+)
+WarmStartOpt = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--warm-start/--no-warm-start",
+        help="Start each segment adapter from the global one (default) or from scratch.",
+    ),
+]
+FallbackOpt = _opt(
+    Fallback,
+    "What answers a segment without its own adapter: global (the global adapter, default) or error.",
+)
 SetOpt = _opt(
     list[str],
     "Override any recipe key: --set method.r=16 --set train.warmup_ratio=0.1 (repeatable).",
@@ -76,6 +96,10 @@ def run_overrides(
     seed=None,
     max_length=None,
     report_to=None,
+    segment_column=None,
+    min_segment_rows=None,
+    warm_start=None,
+    fallback=None,
     set_=None,
 ) -> dict:
     """The shared flags as dotted config overrides (`peftkit.config.load_config`); unset flags are left out."""
@@ -99,5 +123,9 @@ def run_overrides(
         "train.seed": seed,
         "data.max_length": max_length,
         "train.report_to": [r.value for r in report_to] if report_to else None,
+        "segments.column": segment_column,
+        "segments.min_rows": min_segment_rows,
+        "segments.warm_start": warm_start,
+        "segments.fallback": fallback.value if fallback else None,
     }
     return {k: v for k, v in flags.items() if v is not None} | parse_set(set_ or [])

@@ -13,21 +13,25 @@ from peftkit.cli.options import (
     DataOpt,
     EpochsOpt,
     EvalDataOpt,
+    FallbackOpt,
     LabelColumnOpt,
     LabelsOpt,
     LrOpt,
     MaxLengthOpt,
     MaxStepsOpt,
     MethodOpt,
+    MinSegmentRowsOpt,
     ModelOpt,
     QuantOpt,
     RecipeOpt,
     ReportToOpt,
     SeedOpt,
+    SegmentColumnOpt,
     SetOpt,
     TaskOpt,
     TemplateOpt,
     TextColumnOpt,
+    WarmStartOpt,
     run_overrides,
 )
 
@@ -57,6 +61,10 @@ def train(
     seed: SeedOpt = None,
     max_length: MaxLengthOpt = None,
     report_to: ReportToOpt = None,
+    segment_column: SegmentColumnOpt = None,
+    min_segment_rows: MinSegmentRowsOpt = None,
+    warm_start: WarmStartOpt = None,
+    fallback: FallbackOpt = None,
     set_: SetOpt = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an existing, different adapter in --output.")
@@ -66,7 +74,9 @@ def train(
     ] = False,
     json_: JsonFlag = False,
 ) -> None:
-    """Train one adapter and write its folder (weights, manifest, model card, loss curve).
+    """Train one adapter and write its folder (weights, manifest, model card, loss curve); with
+    --segment-column, train an adapter bank: a global adapter and one per segment value, each evaluated on its
+    segment's held-out rows against the global adapter.
 
     Examples:
 
@@ -77,6 +87,10 @@ def train(
         --task classification --output runs/intent-adalora
     peftkit train --recipe recipes/reviews/minilm-l6_lora.yaml \\
         --set method.r=16 --epochs 2
+    peftkit train --recipe reviews/minilm-l6_lora_by-platform \\
+        --output banks/reviews          # a bank: global + hotel/book/laptop
+    peftkit train --data users.csv --text-column text --label-column churn \\
+        --segment-column platform --min-segment-rows 500 --output banks/churn
     ```
     """
     from peftkit.config import load_config
@@ -101,6 +115,10 @@ def train(
         seed=seed,
         max_length=max_length,
         report_to=report_to,
+        segment_column=segment_column,
+        min_segment_rows=min_segment_rows,
+        warm_start=warm_start,
+        fallback=fallback,
         set_=set_,
     )
     if output is not None:
@@ -108,6 +126,9 @@ def train(
     if recipe is None and data is None:
         recipe = DEFAULT_RECIPE
     cfg = load_config(recipe_path(recipe) if recipe else None, overrides)
+    if cfg.segments is not None:
+        _train_bank(cfg, overwrite=overwrite, resume=resume, json_=json_)
+        return
     with stdout_to_stderr():
         result = run_training(cfg, overwrite=overwrite, resume=resume)
     m = result.manifest
@@ -133,3 +154,36 @@ def _print_summary(s: dict) -> None:
         f"cost     {s['trainable_params']:,} trainable params, adapter {s['adapter_bytes'] / 1e6:.2f} MB, "
         f"{s['train_samples_per_second']:.1f} train samples/s, {s['seconds']:.0f} s"
     )
+
+
+def _train_bank(cfg, *, overwrite: bool, resume: bool, json_: bool) -> None:
+    from peftkit.errors import PeftkitError
+    from peftkit.segments import train_bank
+
+    if resume:
+        raise PeftkitError("--resume does not apply to --segment-column runs yet; rerun without --resume")
+    with stdout_to_stderr():
+        result = train_bank(cfg, overwrite=overwrite)
+    summary = {
+        "output": str(result.output),
+        "method": result.bank["method"],
+        "segment_column": result.bank["segment_column"],
+        "segments": result.bank["segments"],
+        "segment_evaluation": result.segment_evaluation,
+    }
+    emit(summary, json_, lambda: _print_bank(summary, result.bank["task"]))
+
+
+def _print_bank(s: dict, task: str) -> None:
+    key = "spearman" if task == "regression" else "accuracy"
+    typer.echo(f"bank  {s['output']}  ({s['method']}, one adapter per {s['segment_column']} + global)")
+    typer.echo(
+        f"{'segment':<16}{'adapter':<16}{'train':>7}{'eval':>6}{'global ' + key:>17}{'own ' + key:>14}{'gain':>8}"
+    )
+    for value, r in s["segment_evaluation"].items():
+        own, glob = r.get("own", {}).get(key), r.get("global", {}).get(key)
+        gain = f"{own - glob:+.3f}" if own is not None and glob is not None else ""
+        typer.echo(
+            f"{value[:15]:<16}{(r['adapter'] or '(global)')[:15]:<16}{r['train_rows']:>7}{r['eval_rows']:>6}"
+            f"{'' if glob is None else f'{glob:.3f}':>17}{'' if own is None else f'{own:.3f}':>14}{gain:>8}"
+        )
