@@ -331,6 +331,17 @@ class AdapterBank:
                     out[group] = predictor.logits([texts[i] for i in group])
         return out
 
+    def close(self) -> None:
+        """Drop the model and adapters from memory; the bank answers nothing after this."""
+        with self._lock:
+            self.model = self._base = None
+            self._loaded.clear()
+            self._stale.clear()
+            self._active = None
+            import gc
+
+            gc.collect()
+
     # -- loading, switching, adding -------------------------------------------------------------------------------
 
     def activate(self, name: str) -> None:
@@ -347,6 +358,8 @@ class AdapterBank:
     def _ensure_loaded(self, names: list[str]) -> None:
         """Load the adapters in `names` that are not in memory, evicting least recently used others beyond the cap."""
         with self._lock:
+            if self._base is None:
+                raise PeftkitError(f"bank {self.folder} is closed; open it again")
             for name in names:
                 if name in self._loaded:
                     self._loaded.move_to_end(name)
@@ -457,3 +470,72 @@ def _relative(path: Path, root: Path) -> str:
         return str(path.resolve().relative_to(root.resolve()))
     except ValueError:
         return str(path.resolve())
+
+
+def build_bank(
+    folder: str | Path,
+    adapters: dict[str, str | Path],
+    *,
+    segments: dict[str, str] | None = None,
+    segment_column: str | None = None,
+    fallback: Fallback = "global",
+) -> Path:
+    """Bundle adapters trained separately into a bank folder (copied in, checked against each other).
+
+    Args:
+        folder: the bank folder to write (must not exist).
+        adapters: name -> adapter folder; name it ``global`` for the one that answers unknown segments.
+        segments: segment value -> adapter name; default: each adapter answers the segment of its own name.
+        segment_column: the column that names segments in prediction files, for ``peftkit predict --bank``.
+        fallback: ``global`` or ``error`` for segments without an adapter.
+    """
+    import shutil
+
+    from peftkit.adapter import atomic_folder
+
+    folder = Path(folder)
+    if folder.exists():
+        raise PeftkitError(f"{folder} already exists; choose a new folder for the bank")
+    if not adapters:
+        raise PeftkitError("a bank needs at least one adapter")
+    bad = [n for n in adapters if not _NAME.match(n)]
+    if bad:
+        raise PeftkitError(
+            f"adapter names {bad}: use letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
+    manifests = {name: read_manifest(path) for name, path in adapters.items()}
+    first = next(iter(manifests.values()))
+    data = first["config"]["data"]
+    bank = {
+        "format_version": BANK_FORMAT,
+        "base": {"name": first["base"]["name"], "sha256": first["base"]["sha256"]},
+        "method": first["method"],
+        "task": first["task"],
+        "labels": first.get("labels"),
+        "num_outputs": first["num_outputs"],
+        "quant": first["quant"],
+        "dtype": first["config"]["model"]["dtype"],
+        "max_length": data["max_length"],
+        "segment_column": segment_column,
+        "fallback": fallback,
+        "segments": dict(segments) if segments is not None else {n: n for n in adapters if n != GLOBAL},
+        "adapters": {},
+        "config": first["config"],
+    }
+    for name, manifest in manifests.items():
+        check_compatible(bank, manifest, Path(adapters[name]))
+    unknown = sorted(set(bank["segments"].values()) - set(adapters))
+    if unknown:
+        raise PeftkitError(
+            f"segments route to {unknown}, which are not among the adapters {sorted(adapters)}"
+        )
+    with atomic_folder(folder) as tmp:
+        for name, path in adapters.items():
+            shutil.copytree(path, tmp / name)
+            bank["adapters"][name] = {
+                "path": name,
+                "train_rows": manifests[name]["data"]["train_rows"],
+                "metrics": manifests[name]["metrics"],
+            }
+        write_bank_file(tmp, bank)
+    return folder
