@@ -288,3 +288,40 @@ def test_warm_start_begins_at_the_global_adapter(tiny_models, tmp_path, method):
         run.model, run.tokenizer, task=cfg.task, labels=splits.labels, max_length=64, adapter="x"
     )
     np.testing.assert_allclose(fresh.logits(TEXTS), trained.predictor.logits(TEXTS), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora"])
+def test_switching_the_active_adapter_matches_per_row_selection(banks, method):
+    """`activate` (the switch path the fast cached-layer switch serves) gives each adapter's own answers."""
+    from peftkit.predictor import Predictor
+
+    folder = banks(method, "none")
+    bank = AdapterBank.open(folder)
+    bank.logits(TEXTS, ["app", "web", "global", "app", "web", "global"])  # all three loaded
+    plain = Predictor(
+        bank.model, bank.tokenizer, task="classification", labels=bank.labels, max_length=64, adapter=""
+    )
+    for name in ("web", "app", "global", "web"):
+        bank.activate(name)
+        np.testing.assert_allclose(
+            plain.logits(TEXTS), peftkit.load(str(folder / name)).logits(TEXTS), atol=1e-5, err_msg=name
+        )
+
+
+def test_build_bank_bundles_separately_trained_adapters(banks, tiny_models, tmp_path):
+    from peftkit.bank import build_bank
+
+    src = banks("bottleneck", "none")
+    folder = build_bank(
+        tmp_path / "bundle", {"global": src / "global", "web": src / "web"}, segment_column="platform"
+    )
+    bank = AdapterBank.open(folder)
+    assert bank.segments == {"web": "web"} and bank.resolve("app") == "global"
+    np.testing.assert_allclose(
+        bank.logits(TEXTS, ["web"] * 6), AdapterBank.open(src).logits(TEXTS, ["web"] * 6), atol=1e-6
+    )
+    with pytest.raises(PeftkitError, match="has method 'lora', the bank 'bottleneck'"):
+        build_bank(tmp_path / "mixed", {"global": src / "global", "x": banks("lora", "none") / "web"})
+    assert not (tmp_path / "mixed").exists()
+    with pytest.raises(PeftkitError, match="already exists"):
+        build_bank(folder, {"global": src / "global"})

@@ -43,7 +43,34 @@ def load_peft(model: nn.Module, folder: Path, name: str) -> None:
 
 
 def set_peft(model: nn.Module, name: str) -> None:
-    model.set_adapter(name)  # also switches the task head (peft's modules_to_save wrapper)
+    """Make `name` the active adapter, task head included.
+
+    peft's ``set_adapter`` walks every module of the model twice to find the adapter layers (~6.5 ms on SmolLM2 with
+    8 LoRA adapters loaded, most of a switch). The layers only change when an adapter is loaded or deleted, so they
+    are found once per set of loaded adapters and switched through the same per-layer ``set_adapter`` peft calls.
+    """
+    if name not in model.peft_config:
+        raise ValueError(f"adapter {name!r} is not loaded")
+    if model.peft_config[name].is_prompt_learning:
+        model.set_adapter(name)
+        return
+    for layer in _adapter_layers(model):
+        layer.set_adapter(name, inference_mode=True)
+    model.base_model.active_adapter = name  # what peft's set_adapter records, on the tuner and on the PeftModel
+    model.active_adapter = name
+
+
+def _adapter_layers(model: nn.Module) -> list:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    key = tuple(model.peft_config)
+    cached = getattr(model, "_peftkit_adapter_layers", None)
+    if cached is None or cached[0] != key:
+        layers = [m for m in model.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
+        cached = (key, layers)
+        model._peftkit_adapter_layers = cached
+    return cached[1]
 
 
 def delete_peft(model: nn.Module, name: str) -> None:
