@@ -107,7 +107,7 @@ def test_inspect_shows_the_manifest(trained_adapter):
     assert "lora" in human.stdout and "eval accuracy" in human.stdout
 
 
-@pytest.mark.parametrize("command", ["train", "predict", "inspect"])
+@pytest.mark.parametrize("command", ["train", "predict", "inspect", "serve"])
 def test_help_has_an_example(command):
     result = invoke([command, "--help"])
     assert result.exit_code == 0
@@ -306,3 +306,69 @@ def test_data_synth_writes_a_labelled_synthetic_file(tmp_path):
     assert_clean_failure(
         invoke(["data", "synth", "--task", "churn", "--output", str(tmp_path / "x.xlsx")]), "x.xlsx"
     )
+
+
+# --- banks ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_bank(tiny_models, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli-bank")
+    intent_rows(160).to_csv(root / "intent.csv", index=False)
+    out = root / "bank"
+    args = tiny_train_args(tiny_models["bert"], root / "intent.csv", out, "--segment-column", "platform")
+    result = invoke([*args, "--min-segment-rows", "10", "--no-warm-start", "--json"])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["segments"] == {"app": "app", "web": "web"}
+    assert set(summary["segment_evaluation"]["app"]) >= {"own", "global", "delta", "train_rows", "eval_rows"}
+    human = invoke(["inspect", str(out)])
+    assert "fallback global" in human.stdout and "app" in human.stdout
+    return out
+
+
+def test_predict_with_a_bank_answers_each_row_with_its_segment(trained_bank, tmp_path):
+    from peftkit.bank import AdapterBank
+
+    rows = intent_rows(20, seed=3)
+    rows.loc[0, "platform"] = "kiosk"  # no adapter: the global one answers
+    rows.to_csv(tmp_path / "new.csv", index=False)
+    result = invoke(
+        [
+            "predict",
+            "--bank",
+            str(trained_bank),
+            "--data",
+            str(tmp_path / "new.csv"),
+            "--output",
+            str(tmp_path / "p.csv"),
+        ]
+    )
+    assert result.exit_code == 0, result.stderr
+    preds = pd.read_csv(tmp_path / "p.csv")
+    expected = AdapterBank.open(trained_bank).predict(rows["text"].tolist(), rows["platform"].tolist())
+    assert preds["adapter"].tolist() == [p.adapter for p in expected]
+    assert preds["adapter"][0] == "global" and set(preds["adapter"][1:]) == {"app", "web"}
+    assert preds["prediction"].tolist() == [p.label for p in expected]
+    one = invoke(
+        ["predict", "--bank", str(trained_bank), "--data", str(tmp_path / "new.csv"), "--segment", "web"]
+    )
+    assert set(pd.read_csv(__import__("io").StringIO(one.stdout))["adapter"]) == {"web"}
+
+
+def test_bank_flag_errors(trained_bank, trained_adapter, tiny_models, tmp_path):
+    rows = write_csv(tmp_path / "new.csv", [{"text": "buy now", "platform": "app"}])
+    both = invoke(
+        ["predict", "--bank", str(trained_bank), "--adapter", str(trained_adapter), "--data", str(rows)]
+    )
+    assert_clean_failure(both, "exactly one of --adapter")
+    column = invoke(["predict", "--bank", str(trained_bank), "--data", str(rows), "--segment-column", "shop"])
+    assert_clean_failure(column, "no segment column 'shop'", "columns: text, platform")
+    not_bank = invoke(["predict", "--bank", str(trained_adapter), "--data", str(rows)])
+    assert_clean_failure(not_bank, "is not an adapter bank")
+    data = tmp_path / "intent.csv"
+    intent_rows(60).to_csv(data, index=False)
+    again = invoke(tiny_train_args(tiny_models["bert"], data, trained_bank, "--segment-column", "platform"))
+    assert_clean_failure(again, "already holds a bank; pass --overwrite")
+    missing = invoke(tiny_train_args(tiny_models["bert"], data, tmp_path / "b2", "--segment-column", "shop"))
+    assert_clean_failure(missing, "--segment-column 'shop': no such column", output=tmp_path / "b2")

@@ -12,20 +12,29 @@ from peftkit.cli.common import JsonFlag, command, emit
 
 @command
 def inspect(
-    adapter: Annotated[Path, typer.Argument(help="Adapter folder written by `peftkit train`.")],
+    adapter: Annotated[
+        Path, typer.Argument(help="Adapter folder written by `peftkit train`, or an adapter bank folder.")
+    ],
     json_: JsonFlag = False,
 ) -> None:
     """Show what an adapter is: method, base (and its weights hash), task and labels, held-out metrics, size,
-    trainable parameters, and method facts such as AdaLoRA's final rank per layer. Loads no model.
+    trainable parameters, and method facts such as AdaLoRA's final rank per layer. For a bank: its segments,
+    fallback, and each segment adapter's held-out score next to the global adapter's on the same rows. Loads no model.
 
-    Example:
+    Examples:
 
     ```
     peftkit inspect runs/intent-adalora --json
+    peftkit inspect banks/reviews
     ```
     """
     from peftkit.adapter import read_manifest
+    from peftkit.bank import is_bank
     from peftkit.methods import METHODS
+
+    if is_bank(adapter):
+        _inspect_bank(adapter, json_)
+        return
 
     m = read_manifest(adapter)
     info = {
@@ -89,4 +98,53 @@ def _print(info: dict) -> None:
         rows.append((key.replace("_", " "), str(value)))
     for key, value in rows:
         table.add_row(key, value)
+    console.print(table)
+
+
+def _inspect_bank(folder: Path, json_: bool) -> None:
+    from peftkit.bank import read_bank_file
+
+    bank = read_bank_file(folder)
+    info = {
+        "bank": str(folder),
+        "method": bank["method"],
+        "task": bank["task"],
+        "labels": bank.get("labels"),
+        "base": bank["base"],
+        "quant": bank["quant"],
+        "segment_column": bank.get("segment_column"),
+        "fallback": bank["fallback"],
+        "segments": bank["segments"],
+        "adapters": bank["adapters"],
+        "segment_evaluation": bank.get("segment_evaluation", {}),
+    }
+    emit(info, json_, lambda: _print_bank(info))
+
+
+def _print_bank(info: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    key = "spearman" if info["task"] == "regression" else "accuracy"
+    console = Console()
+    console.print(
+        f"[bold]bank[/bold] {info['bank']}: {info['method']} adapters on {info['base']['name']} "
+        f"(sha256 {info['base']['sha256'][:16]}…), {info['task']}, segments from column "
+        f"{info['segment_column']!r}, fallback {info['fallback']}"
+    )
+    table = Table("segment", "adapter", "train rows", "eval rows", f"global {key}", f"own {key}", "gain")
+    for value, r in info["segment_evaluation"].items():
+        own, glob = r.get("own", {}).get(key), r.get("global", {}).get(key)
+        table.add_row(
+            value,
+            r.get("adapter") or f"({info['fallback']})",
+            str(r["train_rows"]),
+            str(r["eval_rows"]),
+            "" if glob is None else f"{glob:.3f}",
+            "" if own is None else f"{own:.3f}",
+            "" if own is None or glob is None else f"{own - glob:+.3f}",
+        )
+    for value, name in info["segments"].items():  # routed by hand (bank.add), not from training
+        if value not in info["segment_evaluation"]:
+            table.add_row(value, name, "", "", "", "", "")
     console.print(table)

@@ -56,7 +56,9 @@ def set_peft(model: nn.Module, name: str) -> None:
         return
     for layer in _adapter_layers(model):
         layer.set_adapter(name, inference_mode=True)
-    model.base_model.active_adapter = name  # what peft's set_adapter records, on the tuner and on the PeftModel
+    model.base_model.active_adapter = (
+        name  # what peft's set_adapter records, on the tuner and on the PeftModel
+    )
     model.active_adapter = name
 
 
