@@ -10,15 +10,18 @@ records both, so it shows what each segment adapter gained or lost over the glob
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from peftkit.adapter import MANIFEST, atomic_folder
+from peftkit.adapter import atomic_folder
 from peftkit.bank import BANK_FILE, BANK_FORMAT, GLOBAL, adapter_folder_name, write_bank_file
 from peftkit.config import RunConfig
 from peftkit.data import Splits, load_splits
@@ -52,16 +55,17 @@ def train_bank(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True
     train_seg, eval_seg = _segment_values(splits, seg.column, cfg.data.train)
     values = _chosen_values(train_seg, seg.values, seg.column)
 
-    with atomic_folder(out) as tmp:
+    with _bank_folder(out) as (tmp, barrier):
         log.info("segments: global adapter on all %d training rows", len(splits.train_texts))
         global_cfg = cfg.model_copy(update={"output": str(tmp / GLOBAL), "segments": None})
         global_run = train(global_cfg, progress=progress, splits=splits, manifest_extra={"segment": None})
+        barrier()  # rank 0 has written global/ before any rank warm-starts from it
         global_logits = global_run.predictor.logits(splits.eval_texts)
         global_eval_labels = np.asarray(splits.eval_labels)
         bank_base = global_run.manifest["base"]
+        adapters: dict[str, dict[str, Any]] = {GLOBAL: _entry(global_run.manifest, GLOBAL)}
         del global_run  # frees the model before the segment runs load theirs
 
-        adapters: dict[str, dict[str, Any]] = {GLOBAL: _entry(tmp / GLOBAL, GLOBAL)}
         segments: dict[str, str] = {}
         evaluation: dict[str, dict[str, Any]] = {}
         for value in sorted(set(train_seg) | set(eval_seg), key=lambda v: -int((train_seg == v).sum())):
@@ -93,7 +97,8 @@ def train_bank(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True
                     "warm_start_from": GLOBAL if seg.warm_start else None,
                 },
             )
-            adapters[name] = _entry(tmp / name, name)
+            barrier()
+            adapters[name] = _entry(result.manifest, name)
             segments[value] = name
             record["adapter"] = name
             if n_eval:
@@ -122,15 +127,54 @@ def train_bank(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True
             "segment_evaluation": evaluation,
             "config": cfg.model_dump(mode="json"),
         }
-        write_bank_file(tmp, bank)
+        if _rank() == 0:
+            write_bank_file(tmp, bank)
     return BankResult(out, bank)
 
 
-def _entry(folder: Path, name: str) -> dict[str, Any]:
-    import json
-
-    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+def _entry(manifest: dict[str, Any], name: str) -> dict[str, Any]:
     return {"path": name, "train_rows": manifest["data"]["train_rows"], "metrics": manifest["metrics"]}
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+@contextlib.contextmanager
+def _bank_folder(out: Path):
+    """Yield (folder to build the bank in, barrier). One process: a temporary folder renamed onto `out` at the end.
+
+    Under torchrun/accelerate every rank trains every adapter data-parallel, but only rank 0 writes: the ranks agree
+    on one temporary path (rank 0 creates it), wait for each other after each adapter is written (a warm start reads
+    the global adapter), and rank 0 renames the finished folder onto `out`.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        with atomic_folder(out) as tmp:
+            yield tmp, lambda: None
+        return
+    from accelerate import PartialState
+
+    state = PartialState()  # joins the process group torchrun set up (gloo on CPU, nccl on GPU)
+    tmp = out.parent / f".{out.name}.tmp-{os.environ.get('TORCHELASTIC_RUN_ID', 'dist')}"
+    if state.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    state.wait_for_everyone()
+    try:
+        yield tmp, state.wait_for_everyone
+        state.wait_for_everyone()
+        if state.is_main_process:
+            old = out.with_name(f".{out.name}.old-{os.getpid()}") if out.exists() else None
+            if old is not None:
+                os.replace(out, old)
+            os.replace(tmp, out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        if state.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _check_bank_output(out: Path, overwrite: bool) -> None:

@@ -43,6 +43,8 @@ def training_arguments(cfg: RunConfig, output_dir: Path, device: str, progress: 
         disable_tqdm=not progress,
         dataloader_pin_memory=device.startswith("cuda"),
         use_cpu=device == "cpu",
+        # Every trainable parameter (adapter, head) is used in every forward, so DDP need not search for unused ones.
+        ddp_find_unused_parameters=False,
     )
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import typer
 
 from peftkit.cli import data as data_cmd
+from peftkit.cli import doctor as doctor_cmd
+from peftkit.cli import export as export_cmd
 from peftkit.cli import inspect as inspect_cmd
 from peftkit.cli import predict as predict_cmd
 from peftkit.cli import recipes as recipes_cmd
@@ -18,7 +20,7 @@ app = typer.Typer(
     name="peftkit",
     help="Parameter-efficient fine-tuning for e-commerce user analysis.\n\n"
     "Start with `peftkit train` (no arguments: the default recipe on the packaged model and real reviews), "
-    "then `peftkit predict` and `peftkit inspect`; `peftkit serve` puts an adapter bank behind HTTP. Set PEFTKIT_DEBUG=1 to see tracebacks.",
+    "then `peftkit predict` and `peftkit inspect`; `peftkit serve` puts an adapter bank behind HTTP; `peftkit doctor` checks a run before it starts, `peftkit export` hands LoRA adapters to vLLM/LoRAX. Set PEFTKIT_DEBUG=1 to see tracebacks.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
@@ -28,6 +30,8 @@ app.command("train")(train_cmd.train)
 app.command("predict")(predict_cmd.predict)
 app.command("inspect")(inspect_cmd.inspect)
 app.command("serve")(serve_cmd.serve)
+app.command("export")(export_cmd.export)
+app.command("doctor")(doctor_cmd.doctor)
 app.add_typer(recipes_cmd.app, name="recipes")
 app.add_typer(data_cmd.app, name="data")
 

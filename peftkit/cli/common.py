@@ -27,6 +27,8 @@ def command(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         quiet_libraries()
+        if rank() != 0:  # under torchrun/accelerate: rank 0 alone logs, prints results and writes files
+            logging.getLogger("peftkit").setLevel(logging.WARNING)
         try:
             return fn(*args, **kwargs)
         except PeftkitError as exc:
@@ -43,6 +45,11 @@ def command(fn: Callable) -> Callable:
     return wrapper
 
 
+def rank() -> int:
+    """This process's rank in a torchrun / accelerate launch (0 when not distributed)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 @contextlib.contextmanager
 def stdout_to_stderr():
     """Library chatter (Trainer's per-step logs use print/tqdm.write) must not mix with results on stdout."""
@@ -51,6 +58,8 @@ def stdout_to_stderr():
 
 
 def emit(result: Any, as_json: bool, human: Callable[[], None]) -> None:
+    if rank() != 0:  # one result on stdout per launch, from rank 0
+        return
     if as_json:
         typer.echo(json.dumps(result, indent=2, ensure_ascii=False, default=str))
     else:

@@ -139,7 +139,7 @@ def train(
         "task": m["task"],
         "metrics": m["metrics"],
         "trainable_params": m["trainable_params"],
-        "adapter_bytes": m["adapter_bytes"],
+        "adapter_bytes": m.get("adapter_bytes", 0),  # only rank 0 writes (and sizes) the adapter
         "train_samples_per_second": m["train"]["samples_per_second"],
         "seconds": m["train"]["seconds"],
     }
