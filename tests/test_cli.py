@@ -107,7 +107,7 @@ def test_inspect_shows_the_manifest(trained_adapter):
     assert "lora" in human.stdout and "eval accuracy" in human.stdout
 
 
-@pytest.mark.parametrize("command", ["train", "predict", "inspect", "serve"])
+@pytest.mark.parametrize("command", ["train", "predict", "inspect", "serve", "export", "doctor"])
 def test_help_has_an_example(command):
     result = invoke([command, "--help"])
     assert result.exit_code == 0
@@ -372,3 +372,15 @@ def test_bank_flag_errors(trained_bank, trained_adapter, tiny_models, tmp_path):
     assert_clean_failure(again, "already holds a bank; pass --overwrite")
     missing = invoke(tiny_train_args(tiny_models["bert"], data, tmp_path / "b2", "--segment-column", "shop"))
     assert_clean_failure(missing, "--segment-column 'shop': no such column", output=tmp_path / "b2")
+
+
+def test_inspect_shows_an_export(trained_adapter, tmp_path):
+    out = tmp_path / "export"
+    result = invoke(["export", "--adapter", str(trained_adapter), "--to", "peft-lora", "--output", str(out)])
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(invoke(["inspect", str(out), "--json"]).stdout)
+    assert info["target"] == "peft-lora" and info["source"]["method"] == "lora"
+    assert info["source"]["adapter"] == str(trained_adapter.resolve())
+    assert "adapter_model.safetensors" in info["files"] and "head.safetensors" in info["files"]
+    human = invoke(["inspect", str(out)]).stdout
+    assert "target peft-lora" in human and "lora" in human

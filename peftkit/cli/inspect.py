@@ -19,7 +19,8 @@ def inspect(
 ) -> None:
     """Show what an adapter is: method, base (and its weights hash), task and labels, held-out metrics, size,
     trainable parameters, and method facts such as AdaLoRA's final rank per layer. For a bank: its segments,
-    fallback, and each segment adapter's held-out score next to the global adapter's on the same rows. Loads no model.
+    fallback, and each segment adapter's held-out score next to the global adapter's on the same rows. For an export
+    (`peftkit export`): its source adapter and base, target, ranks and files. Loads no model.
 
     Examples:
 
@@ -34,6 +35,9 @@ def inspect(
 
     if is_bank(adapter):
         _inspect_bank(adapter, json_)
+        return
+    if (adapter / "export.json").is_file():
+        _inspect_export(adapter, json_)
         return
 
     m = read_manifest(adapter)
@@ -148,3 +152,29 @@ def _print_bank(info: dict) -> None:
         if value not in info["segment_evaluation"]:
             table.add_row(value, name, "", "", "", "", "")
     console.print(table)
+
+
+def _inspect_export(folder: Path, json_: bool) -> None:
+    import json
+
+    info = json.loads((folder / "export.json").read_text(encoding="utf-8"))
+    info["export"] = str(folder)
+    info.setdefault("files", sorted(p.name for p in folder.iterdir() if p.is_file()))
+
+    def human() -> None:
+        src = info.get("source", {})
+        typer.echo(
+            f"export   {folder}  (target {info.get('target')}{', merged' if info.get('merged') else ''})"
+        )
+        typer.echo(f"source   {src.get('adapter')}  ({src.get('method')}, {src.get('task')})")
+        base = src.get("base", {})
+        typer.echo(f"base     {base.get('name')}  (sha256 {str(base.get('sha256', ''))[:16]}…)")
+        lora = info.get("lora") or {}
+        if lora.get("ranks"):
+            ranks = ", ".join(f"{k.split('.', 1)[-1]}={v}" for k, v in sorted(lora["ranks"].items())[:8])
+            typer.echo(f"ranks    {ranks}{' …' if len(lora['ranks']) > 8 else ''}")
+        for note in info.get("notes", []):
+            typer.echo(f"note     {note}")
+        typer.echo(f"files    {', '.join(info['files'])}")
+
+    emit(info, json_, human)
