@@ -97,6 +97,12 @@ class SegmentsConfig(_Strict):
     values: list[str] | None = Field(
         None, description="train adapters for these values only (others fall back); default: every value"
     )
+    parallel: Literal["segments", "data"] = Field(
+        "segments",
+        description="under torchrun/accelerate: each process trains its own share of the segment adapters "
+        "(segments), or every segment adapter data-parallel over all processes (data); the global adapter is "
+        "always data-parallel",
+    )
 
 
 MethodConfig = Annotated[Union[tuple(spec.options for spec in METHODS.values())], Field(discriminator="name")]

@@ -66,8 +66,8 @@ def train_bank(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True
         adapters: dict[str, dict[str, Any]] = {GLOBAL: _entry(global_run.manifest, GLOBAL)}
         del global_run  # frees the model before the segment runs load theirs
 
-        segments: dict[str, str] = {}
         evaluation: dict[str, dict[str, Any]] = {}
+        jobs: list[str] = []  # segment values that get their own adapter, largest first
         for value in sorted(set(train_seg) | set(eval_seg), key=lambda v: -int((train_seg == v).sum())):
             train_mask, eval_mask = train_seg == value, eval_seg == value
             n_train, n_eval = int(train_mask.sum()), int(eval_mask.sum())
@@ -79,36 +79,38 @@ def train_bank(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True
             evaluation[value] = record
             if value not in values:
                 record["skipped"] = "not in segments.values"
-                continue
-            if n_train < seg.min_rows:
+            elif n_train < seg.min_rows:
                 record["skipped"] = f"{n_train} training rows < min_rows {seg.min_rows}"
                 log.info("segment %r: %s, falls back to %s", value, record["skipped"], seg.fallback)
-                continue
-            name = adapter_folder_name(value)
-            log.info("segment %r: %d train / %d eval rows -> adapter %s", value, n_train, n_eval, name)
-            seg_cfg = cfg.model_copy(update={"output": str(tmp / name), "segments": None})
-            result = train(
-                seg_cfg,
-                progress=progress,
-                splits=_subset(splits, train_mask, eval_mask, seg.column, value),
-                init_from=tmp / GLOBAL if seg.warm_start else None,
-                manifest_extra={
-                    "segment": {"column": seg.column, "value": value},
-                    "warm_start_from": GLOBAL if seg.warm_start else None,
-                },
-            )
+            else:
+                jobs.append(value)
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and seg.parallel == "segments":
+            # Each rank trains every world-th segment alone, in a child process outside the process group (its
+            # own GPU on CUDA), then all ranks read what the children wrote.
+            _train_in_child(cfg, jobs[_rank() :: world], tmp, progress)
             barrier()
-            adapters[name] = _entry(result.manifest, name)
+            manifests = {v: _read_manifest(tmp / adapter_folder_name(v)) for v in jobs}
+        else:
+            manifests = {}
+            for value in jobs:
+                manifests[value] = train_segment(cfg, splits, value, tmp, progress).manifest
+                barrier()
+
+        segments: dict[str, str] = {}
+        for value in jobs:
+            name, record, manifest = adapter_folder_name(value), evaluation[value], manifests[value]
+            adapters[name] = _entry(manifest, name)
             segments[value] = name
             record["adapter"] = name
-            if n_eval:
-                record["own"] = result.manifest["metrics"]
+            if record["eval_rows"]:
+                record["own"] = manifest["metrics"]
                 record["delta"] = {
                     k: record["own"][k] - record["global"][k]
                     for k in record["own"]
                     if k in record["global"] and not k.startswith("majority")
                 }
-            del result
 
         bank = {
             "format_version": BANK_FORMAT,
@@ -132,12 +134,113 @@ def train_bank(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True
     return BankResult(out, bank)
 
 
+def train_segment(cfg: RunConfig, splits: Splits, value: str, folder: Path, progress: bool = True):
+    """Train the adapter of segment `value` on its rows of `splits`, into ``folder/<its name>``."""
+    from peftkit.train import train
+
+    seg = cfg.segments
+    train_seg, eval_seg = _segment_values(splits, seg.column, cfg.data.train)
+    train_mask, eval_mask = train_seg == value, eval_seg == value
+    name = adapter_folder_name(value)
+    log.info(
+        "segment %r: %d train / %d eval rows -> adapter %s", value, train_mask.sum(), eval_mask.sum(), name
+    )
+    return train(
+        cfg.model_copy(update={"output": str(folder / name), "segments": None}),
+        progress=progress,
+        splits=_subset(splits, train_mask, eval_mask, seg.column, value),
+        init_from=folder / GLOBAL if seg.warm_start else None,
+        manifest_extra={
+            "segment": {"column": seg.column, "value": value},
+            "warm_start_from": GLOBAL if seg.warm_start else None,
+            "trained_by_rank": _rank(),
+        },
+    )
+
+
+_LAUNCH_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "ROLE_NAME",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+
+def _train_in_child(cfg: RunConfig, values: list[str], folder: Path, progress: bool) -> None:
+    """Train `values`' adapters in a child process that is not part of the launch (plain single-process training).
+
+    A process inside a torchrun/accelerate launch cannot train alone: Trainer would wrap the model in DDP and wait
+    for the other ranks, which are busy with other segments. The child gets the launch variables removed and, on
+    CUDA, only this rank's GPU.
+    """
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    if not values:
+        return
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _LAUNCH_VARIABLES and not k.startswith("TORCHELASTIC_")
+    }
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    import torch
+
+    if torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        devices = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+        env["CUDA_VISIBLE_DEVICES"] = devices[local_rank % len(devices)]
+    env["PEFTKIT_SEGMENT_RANK"] = str(_rank())  # recorded in the manifests: who trained what
+    job = {
+        "config": cfg.model_dump(mode="json"),
+        "values": values,
+        "folder": str(folder),
+        "progress": progress,
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(job, fh)
+    try:
+        # The child's chatter (Trainer prints its metrics) joins the logs on stderr: stdout carries results only.
+        done = subprocess.run([sys.executable, "-m", "peftkit.segments", fh.name], env=env, stdout=sys.stderr)
+    finally:
+        os.unlink(fh.name)
+    if done.returncode != 0:
+        raise PeftkitError(
+            f"rank {_rank()}: training segments {values} failed (exit {done.returncode}); see above"
+        )
+
+
+def _child_main(job_file: str) -> None:
+    import json
+
+    job = json.loads(Path(job_file).read_text())
+    cfg = RunConfig.model_validate(job["config"])
+    splits = load_splits(cfg.data, cfg.task, cfg.train.seed)  # the same seeded split as the parent's
+    for value in job["values"]:
+        train_segment(cfg, splits, value, Path(job["folder"]), job["progress"])
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads((folder / "peftkit.json").read_text(encoding="utf-8"))
+
+
 def _entry(manifest: dict[str, Any], name: str) -> dict[str, Any]:
     return {"path": name, "train_rows": manifest["data"]["train_rows"], "metrics": manifest["metrics"]}
 
 
 def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    return int(os.environ.get("RANK", os.environ.get("PEFTKIT_SEGMENT_RANK", "0")))
 
 
 @contextlib.contextmanager
@@ -153,9 +256,16 @@ def _bank_folder(out: Path):
         with atomic_folder(out) as tmp:
             yield tmp, lambda: None
         return
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()  # joins the process group torchrun set up (gloo on CPU, nccl on GPU)
+    # Joins the launch's process group as Trainer will (gloo on CPU, nccl on GPU). On a CPU machine accelerate needs
+    # cpu=True to see the launch at all: without it every rank believes it is the only, main process.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes != world:
+        raise PeftkitError(
+            f"launched with WORLD_SIZE={world} but accelerate sees {state.num_processes} processes"
+        )
     tmp = out.parent / f".{out.name}.tmp-{os.environ.get('TORCHELASTIC_RUN_ID', 'dist')}"
     if state.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -254,3 +364,12 @@ def _subset(splits: Splits, train_mask: np.ndarray, eval_mask: np.ndarray, colum
         eval_frame=splits.eval_frame.iloc[eval_idx].reset_index(drop=True),
         stats=stats,
     )
+
+
+if __name__ == "__main__":  # the child process of `_train_in_child`
+    import sys
+
+    from peftkit.cli.common import quiet_libraries
+
+    quiet_libraries()  # importing the CLI helpers also gives the peftkit logger its stderr handler
+    _child_main(sys.argv[1])

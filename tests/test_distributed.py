@@ -87,14 +87,21 @@ def test_two_processes_write_one_adapter_like_a_single_process_run(tiny_models, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
 
 
-def test_two_processes_train_a_bank(tiny_models, data, tmp_path):
+@pytest.mark.parametrize("parallel", ["segments", "data"])
+def test_two_processes_train_a_bank(tiny_models, data, tmp_path, parallel):
     args = train_args(tiny_models["llama"], data, tmp_path / "bank", 4, "--segment-column", "platform")
-    result = run_cli([*args, "--min-segment-rows", "10"], procs=2)
+    result = run_cli([*args, "--min-segment-rows", "10", "--set", f"segments.parallel={parallel}"], procs=2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["segments"] == {"app": "app", "web": "web"}
     bank = AdapterBank.open(tmp_path / "bank")
     assert [p.adapter for p in bank.predict(PROBE, ["app", "web", "tv"])] == ["app", "web", "global"]
-    for name in ("app", "web"):
-        manifest = json.loads((tmp_path / "bank" / name / "peftkit.json").read_text())
-        assert manifest["train"]["world_size"] == 2 and manifest["warm_start_from"] == "global"
+    glob = json.loads((tmp_path / "bank" / "global" / "peftkit.json").read_text())
+    assert glob["train"]["world_size"] == 2  # the global adapter is always data-parallel
+    manifests = [json.loads((tmp_path / "bank" / n / "peftkit.json").read_text()) for n in ("app", "web")]
+    assert all(m["warm_start_from"] == "global" for m in manifests)
+    if parallel == "segments":  # each rank trained one segment adapter alone
+        assert sorted(m["trained_by_rank"] for m in manifests) == [0, 1]
+        assert all(m["train"]["world_size"] == 1 for m in manifests)
+    else:  # every segment adapter trained by both ranks together
+        assert all(m["train"]["world_size"] == 2 for m in manifests)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]  # the shared temporary folder was renamed

@@ -4,7 +4,9 @@
 
 Both runs use the same global batch (1 x 16 vs 2 x 8), steps, data and model, one after the other in this script.
 Figures: training samples/s from each run's manifest (Trainer's own count over the training loop) and the wall time
-of the whole command (model loading included), and a 2-segment adapter bank trained both ways.
+of the whole command (model loading included); and a bank (global + 2 segment adapters) trained in 1 process, in 2
+processes that each train one segment adapter (segments.parallel=segments), and in 2 processes that train every
+adapter data-parallel (segments.parallel=data).
 On a CPU machine the processes share the same cores (torchrun gives each OMP_NUM_THREADS = cores / processes here),
 so this measures the overhead of the DDP path, not a speed-up from more hardware.
 """
@@ -87,18 +89,26 @@ def main() -> None:
             / figures["1_process"]["train_samples_per_second"]
         )
         bank_steps = ["--max-steps", str(args.steps // 2)]
-        for procs in (1, 2):
-            out = Path(tmp) / f"bank-{procs}"
+        for procs, parallel in ((1, "segments"), (2, "segments"), (2, "data")):
+            out = Path(tmp) / f"bank-{procs}-{parallel}"
             bank_args = ["train", *common, *bank_steps, "--batch-size", str(args.global_batch // procs)]
             bank_args += ["--segment-column", "platform", "--set", "segments.values=[hotel,book]"]
-            bank_args += ["--min-segment-rows", "50", "--output", str(out)]
-            figures[f"bank_{procs}_process_wall_seconds"] = run(bank_args, procs, max(1, cores // procs))
-            print(
-                json.dumps({f"bank_{procs}": figures[f"bank_{procs}_process_wall_seconds"]}), file=sys.stderr
-            )
-        figures["bank_one_over_two_wall"] = (
-            figures["bank_1_process_wall_seconds"] / figures["bank_2_process_wall_seconds"]
+            bank_args += [
+                "--set",
+                f"segments.parallel={parallel}",
+                "--min-segment-rows",
+                "50",
+                "--output",
+                str(out),
+            ]
+            key = f"bank_{procs}_process" + (f"_{parallel}_parallel" if procs > 1 else "")
+            figures[f"{key}_wall_seconds"] = run(bank_args, procs, max(1, cores // procs))
+            print(json.dumps({key: figures[f"{key}_wall_seconds"]}), file=sys.stderr, flush=True)
+        one = figures["bank_1_process_wall_seconds"]
+        figures["bank_speedup_segments_parallel"] = (
+            one / figures["bank_2_process_segments_parallel_wall_seconds"]
         )
+        figures["bank_speedup_data_parallel"] = one / figures["bank_2_process_data_parallel_wall_seconds"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "command": "python " + " ".join(sys.argv),
