@@ -100,16 +100,41 @@ def atomic_folder(out: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Put the finished folder `tmp` at `out` by rename, moving an existing `out` aside first and deleting it after."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_base(manifest: dict[str, Any], folder: Path, base: str | None, how_to_pass: str):
+    """The base an adapter attaches to: `base` if given, else its manifest's; refused when its weights differ.
+
+    ``how_to_pass`` names the argument that overrides it (``base=``, ``--base``) for the error message.
+    """
+    from peftkit import models
+
+    name = base or manifest["base"]["name"]
+    try:
+        ref = models.resolve(name)
+    except PeftkitError as exc:
+        if base is None:
+            raise PeftkitError(
+                f"adapter {folder}: its base {name!r} is not available here ({exc}); pass {how_to_pass}"
+            ) from None
+        raise
+    check_base(manifest, folder, name, ref.sha256)
+    return ref
 
 
 def write_json(path: Path, data: Any) -> None:

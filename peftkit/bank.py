@@ -287,6 +287,10 @@ class AdapterBank:
             raise PeftkitError(
                 f"got {len(texts)} texts but {len(segments)} segments; give one segment per text"
             )
+        return self.resolve_all(segments)
+
+    def resolve_all(self, segments: list[str | None]) -> list[str]:
+        """`resolve` for each segment, each distinct value resolved once."""
         resolved: dict[Any, str] = {}
         for segment in segments:
             if segment not in resolved:

@@ -149,20 +149,9 @@ def _check_output(out: Path, adapter: Path, overwrite: bool) -> None:
 
 
 def _resolve_base(manifest: dict[str, Any], folder: Path, base: str | None):
-    from peftkit import models
-    from peftkit.adapter import check_base
+    from peftkit.adapter import resolve_base
 
-    name = base or manifest["base"]["name"]
-    try:
-        ref = models.resolve(name)
-    except PeftkitError as exc:
-        if base is None:
-            raise PeftkitError(
-                f"adapter {folder}: its base {name!r} is not available here ({exc}); pass --base"
-            ) from None
-        raise
-    check_base(manifest, folder, name, ref.sha256)
-    return ref
+    return resolve_base(manifest, folder, base, "--base")
 
 
 def is_decoder(model_type: str) -> bool:

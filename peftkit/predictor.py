@@ -119,7 +119,7 @@ def load_predictor(
 ) -> Predictor:
     """Attach a saved adapter to its base; see `peftkit.load`."""
     from peftkit import models
-    from peftkit.adapter import check_base, read_manifest
+    from peftkit.adapter import read_manifest, resolve_base
     from peftkit.methods import METHODS
 
     folder = Path(adapter)
@@ -127,16 +127,7 @@ def load_predictor(
     spec = METHODS.get(manifest["method"])
     if spec is None:
         raise PeftkitError(f"adapter {folder} uses method {manifest['method']!r}, unknown to this peftkit")
-    base_name = base or manifest["base"]["name"]
-    try:
-        ref = models.resolve(base_name)
-    except PeftkitError as exc:
-        if base is None:
-            raise PeftkitError(
-                f"adapter {folder}: its base {base_name!r} is not available here ({exc}); pass base="
-            ) from None
-        raise
-    check_base(manifest, folder, base_name, ref.sha256)
+    ref = resolve_base(manifest, folder, base, "base=")
     device = device or models.default_device()
     tokenizer = models.load_tokenizer(ref)
     model, _ = models.load_base(

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from peftkit.adapter import atomic_folder
+from peftkit.adapter import atomic_folder, replace_folder
 from peftkit.bank import BANK_FILE, BANK_FORMAT, GLOBAL, adapter_folder_name, write_bank_file
 from peftkit.config import RunConfig
 from peftkit.data import Splits, load_splits
@@ -275,12 +275,7 @@ def _bank_folder(out: Path):
         yield tmp, state.wait_for_everyone
         state.wait_for_everyone()
         if state.is_main_process:
-            old = out.with_name(f".{out.name}.old-{os.getpid()}") if out.exists() else None
-            if old is not None:
-                os.replace(out, old)
-            os.replace(tmp, out)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_folder(tmp, out)
     except BaseException:
         if state.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -206,7 +206,7 @@ def create_app(bank: AdapterBank, limits: ServeLimits | None = None) -> FastAPI:
         if len(texts) > limits.max_items:
             return _error(413, f"{len(texts)} inputs in one request; the limit is {limits.max_items}")
         try:
-            adapters = _resolve_all(bank, segments)
+            adapters = bank.resolve_all(segments)
         except UnknownSegmentError as exc:
             request.state.log.update(segments=_counts(segments))
             return _error(404, str(exc), known_segments=sorted(bank.segments))
@@ -294,14 +294,6 @@ def _problems(errors) -> str:
         where = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
         problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(problems[:5])
-
-
-def _resolve_all(bank: AdapterBank, segments: list[str | None]) -> list[str]:
-    resolved: dict[str | None, str] = {}
-    for s in segments:
-        if s not in resolved:
-            resolved[s] = bank.resolve(s)
-    return [resolved[s] for s in segments]
 
 
 def _counts(values: list[Any]) -> str:

@@ -107,6 +107,15 @@ def intent_rows(n: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def free_port() -> int:
+    """A TCP port free right now on localhost (for server and torchrun tests)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture
 def intent_csv(tmp_path) -> Path:
     path = tmp_path / "intent.csv"

@@ -4,7 +4,6 @@ loadable and comparable to a single-process run with the same global batch; and 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,15 +12,9 @@ import pytest
 
 import peftkit
 from peftkit.bank import AdapterBank
-from tests.conftest import intent_rows
+from tests.conftest import free_port, intent_rows
 
 PROBE = ["buy now the blue shirt", "just browsing phones", "compare prices of laptop gift"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_cli(args: list[str], procs: int) -> subprocess.CompletedProcess:

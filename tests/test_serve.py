@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,13 +18,8 @@ import pytest
 
 from peftkit.bank import BANK_FILE, AdapterBank
 from peftkit.segments import train_bank
+from tests.conftest import free_port
 from tests.test_bank import TEXTS, bank_cfg
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
