@@ -128,6 +128,8 @@ class AdapterBank:
             raise PeftkitError(f"max_loaded must be at least 1, got {max_loaded}")
         self.folder, self.bank = folder, bank
         self.spec = METHODS[bank["method"]]
+        if self.spec.full_model:
+            raise PeftkitError(f"bank {folder}: method {bank['method']} saves whole models; a bank needs adapters")
         self.task = TASKS[bank["task"]]
         self.labels: list[str] | None = bank.get("labels")
         self.max_loaded, self.batch_size = max_loaded, batch_size

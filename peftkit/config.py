@@ -126,6 +126,16 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"method {spec.name} does not work with gradient checkpointing; set train.gradient_checkpointing=false"
             )
+        if spec.full_model and self.model.quant == "8bit":
+            raise ValueError(
+                "method full trains every weight and int8 weights take no gradient; set model.quant=none "
+                "or pick a PEFT method"
+            )
+        if spec.full_model and self.segments is not None:
+            raise ValueError(
+                "method full cannot train an adapter bank: a bank hot-swaps small adapters over one shared base; "
+                "pick a PEFT method or drop segments"
+            )
         return self
 
     @property

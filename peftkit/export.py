@@ -46,6 +46,8 @@ _NOT_LORA = {
     "and vLLM/LoRAX serve LoRA adapters only",
     "bottleneck": "bottleneck adapters insert new layers (down/up projections with a non-linearity) after "
     "sublayers; no weight update B@A equals them",
+    "full": "it is already a whole fine-tuned model (every weight trained); serve its folder as a model, not an "
+    "adapter",
 }
 
 

@@ -135,6 +135,10 @@ def train(
         "device": run.device,
         "world_size": run.world_size,
         "samples_per_second": train_out.metrics.get("train_samples_per_second", 0.0),
+        # Counted over the batches this process trained on (this session's, after a resume).
+        **trainer.token_counts,
+        "real_tokens_per_second": trainer.token_counts["real_tokens"] / seconds,
+        "padded_tokens_per_second": trainer.token_counts["padded_tokens"] / seconds,
         "final_loss": _last_loss(history),
     }
     predictor.manifest = manifest = _manifest(cfg, run, splits, metrics, speed) | (manifest_extra or {})

@@ -62,9 +62,15 @@ def make_trainer(model, args, dataset, tokenizer, task, spec, callbacks):
     from transformers import DataCollatorWithPadding, Trainer
 
     pad = DataCollatorWithPadding(tokenizer)
+    # Tokens the training batches held: real ones (attention mask) and computed ones (padding included), for the
+    # tokens/s and FLOP/s figures; counted here because this is where padding happens.
+    counts = {"real_tokens": 0, "padded_tokens": 0}
 
     def collate(features):  # the `length` column is for the length-grouped sampler, not the model
-        return pad([{k: v for k, v in f.items() if k != "length"} for f in features])
+        batch = pad([{k: v for k, v in f.items() if k != "length"} for f in features])
+        counts["real_tokens"] += int(batch["attention_mask"].sum())
+        counts["padded_tokens"] += batch["input_ids"].numel()
+        return batch
 
     class PeftkitTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -98,6 +104,8 @@ def make_trainer(model, args, dataset, tokenizer, task, spec, callbacks):
                     f"checkpoint {resume_from_checkpoint} does not match this model; drop --resume"
                 )
 
-    return PeftkitTrainer(
+    trainer = PeftkitTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collate, callbacks=callbacks
     )
+    trainer.token_counts = counts
+    return trainer

@@ -66,12 +66,16 @@ def trained(tiny_models, tmp_path_factory):
 matrix = pytest.mark.parametrize("quant", QUANTS)
 archs = pytest.mark.parametrize("arch", ARCHS)
 methods = pytest.mark.parametrize("method", list(METHODS))
+# Full fine-tuning trains and saves every weight on purpose; the adapter-only checks are for the PEFT methods.
+peft_methods = pytest.mark.parametrize("method", [m for m, s in METHODS.items() if not s.full_model])
 
 
 @matrix
 @archs
 @methods
 def test_reloaded_adapter_gives_identical_predictions(trained, arch, method, quant):
+    if METHODS[method].full_model and quant == "8bit":
+        pytest.skip("full fine-tuning refuses an 8-bit base (test_full_refuses_8bit_and_banks)")
     result = trained(arch, method, quant)
     before = result.predictor.logits(PROBE)
     reloaded = peftkit.load(str(result.output))
@@ -82,7 +86,7 @@ def test_reloaded_adapter_gives_identical_predictions(trained, arch, method, qua
 
 @matrix
 @archs
-@methods
+@peft_methods
 def test_only_adapter_and_head_parameters_train(trained, tiny_models, arch, method, quant):
     result = trained(arch, method, quant)
     trainable = [n for n, p in result.predictor.model.named_parameters() if p.requires_grad]
@@ -98,7 +102,7 @@ def test_only_adapter_and_head_parameters_train(trained, tiny_models, arch, meth
 
 
 @archs
-@methods
+@peft_methods
 def test_frozen_base_weights_are_untouched(trained, tiny_models, arch, method):
     from transformers import AutoModel
 
@@ -116,7 +120,7 @@ def test_frozen_base_weights_are_untouched(trained, tiny_models, arch, method):
 
 
 @archs
-@methods
+@peft_methods
 def test_adapter_file_is_small_and_folder_complete(trained, tiny_models, arch, method):
     result = trained(arch, method, "none")
     base_bytes = sum(p.stat().st_size for p in tiny_models[arch].glob("*.safetensors"))
@@ -165,3 +169,30 @@ def test_pickle_adapter_is_refused(trained, tmp_path):
     (copy / "adapter_model.safetensors").rename(copy / "adapter_model.bin")
     with pytest.raises(PeftkitError, match="pickle adapter_model.bin; peftkit loads safetensors only"):
         peftkit.load(str(copy))
+
+
+# --- full fine-tuning: the reference row of `peftkit compare` ---------------------------------------------------
+
+
+@archs
+def test_full_fine_tuning_trains_and_saves_every_weight(trained, tiny_models, arch):
+    from transformers import AutoModel
+
+    result = trained(arch, "full", "none")
+    m = result.manifest
+    assert m["trainable_params"] == m["total_params"]
+    fresh = dict(AutoModel.from_pretrained(str(tiny_models[arch])).named_parameters())
+    name = next(n for n in fresh if "layers.0" in n or "layer.0" in n)
+    trained_params = dict(result.predictor.model.named_parameters())
+    moved = next(t for n, t in trained_params.items() if n.endswith(name))
+    assert not torch.equal(moved.detach().cpu(), fresh[name].detach()), "the base did not train"
+    with safe_open(str(result.output / "adapter_model.safetensors"), "pt") as f:
+        assert any(name in k for k in f.keys()) and any("classifier" in k or "score" in k for k in f.keys())
+
+
+def test_full_refuses_8bit_and_banks():
+    with pytest.raises(PeftkitError, match="method full trains every weight and int8 weights take no gradient"):
+        load_config(None, {"method.name": "full", "model.quant": "8bit"})
+    with pytest.raises(PeftkitError, match="method full cannot train an adapter bank"):
+        load_config(None, {"method.name": "full", "segments.column": "platform"})
+

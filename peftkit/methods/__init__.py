@@ -5,7 +5,7 @@ To add a method, write ``peftkit/methods/<name>.py`` exposing ``SPEC`` (a `Metho
 
 from __future__ import annotations
 
-from peftkit.methods import adalora, bottleneck, lora, prefix
+from peftkit.methods import adalora, bottleneck, full, lora, prefix
 from peftkit.methods.base import MethodContext, MethodOptions, MethodSpec
 
 METHODS: dict[str, MethodSpec] = {
@@ -13,6 +13,7 @@ METHODS: dict[str, MethodSpec] = {
     "adalora": adalora.SPEC,
     "prefix": prefix.SPEC,
     "bottleneck": bottleneck.SPEC,
+    "full": full.SPEC,  # not PEFT: the reference `peftkit compare` judges the methods against
 }
 
 __all__ = ["METHODS", "MethodContext", "MethodOptions", "MethodSpec"]

@@ -64,6 +64,7 @@ class MethodSpec:
         delete_adapter: ``(model, name)`` frees a loaded adapter that is not the only one.
         warm_start: ``(model, folder)`` sets a freshly applied adapter's weights from a saved one (segment
             adapters starting from the global adapter).
+        full_model: every weight of the base trains and is saved (full fine-tuning): no adapter to hot-swap.
         mixed_batch: one forward pass serves rows for different adapters when given ``adapter_names=[...]``, one
             name per row (peft's LoRA); other methods are run one adapter group at a time.
     """
@@ -85,3 +86,4 @@ class MethodSpec:
     delete_adapter: Callable[[nn.Module, str], None] | None = None
     warm_start: Callable[[nn.Module, Path], None] | None = None
     mixed_batch: bool = False
+    full_model: bool = False

@@ -1,0 +1,151 @@
+"""``peftkit compare``."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from peftkit.cli.common import JsonFlag, command, emit
+from peftkit.cli.options import EpochsOpt, MaxStepsOpt, ModelOpt, RecipeOpt, SetOpt, run_overrides
+
+
+@command
+def compare(
+    recipe: RecipeOpt = None,
+    methods: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated methods: lora, adalora, prefix, bottleneck, and full (full fine-tuning, the "
+            "reference). The recipe's method keeps its options and lr; the others get their defaults."
+        ),
+    ] = "lora,adalora,prefix,bottleneck,full",
+    quant: Annotated[
+        str, typer.Option(help="Comma-separated quantisations of the base: none, 8bit (full skips 8bit).")
+    ] = "none",
+    seeds: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Seeds per (method, quant): the recipe's seed, +1, +2... They change the head's init and the "
+            "data order; the split stays the recipe's, so every run reads the same rows.",
+        ),
+    ] = 3,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Folder for the runs and report; default results/<recipe>. Re-running with the same settings "
+            "resumes: finished runs are kept, and more methods/quants/seeds add runs."
+        ),
+    ] = None,
+    results: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Only re-render the report (table, report.md, report.json, charts/) from this folder."
+        ),
+    ] = None,
+    baselines: Annotated[
+        bool,
+        typer.Option(
+            help="Add the hand-written rows: peft+trainer (plain peft LoRA + HF Trainer) and tutorial (full "
+            "fine-tuning, rows padded to 128), quant none, classification recipes only."
+        ),
+    ] = True,
+    segment_column: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Also score every run per value of this column of the held-out rows (e.g. platform)."
+        ),
+    ] = None,
+    model: ModelOpt = None,
+    epochs: EpochsOpt = None,
+    max_steps: MaxStepsOpt = None,
+    max_train_rows: Annotated[
+        Optional[int], typer.Option(help="Seeded subset of the training rows (same subset for every run).")
+    ] = None,
+    set_: SetOpt = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Train every method on the same rows and budget over several seeds, each run in its own process, and report
+    quality (mean and 95% CI over seeds; per segment with --segment-column), trainable parameters, folder size,
+    peak memory, training samples/s and real tokens/s, FLOP/s against the device's measured matmul peak, inference
+    latency and throughput. Writes one JSON per run (never overwritten), report.md, report.json and charts/*.png,
+    and prints the ranked table with a one-line recommendation. See docs/compare.md.
+
+    Examples:
+
+    ```
+    peftkit compare --recipe reviews/minilm-l6_lora --seeds 3 \\
+        --output results/reviews
+    peftkit compare --recipe reviews/smollm2-135m_lora \\
+        --methods lora,full --quant none,8bit --seeds 2
+    peftkit compare --results results/reviews     # re-render only
+    ```
+    """
+    from rich.console import Console
+
+    from peftkit.compare import ComparePlan, check_methods, render, run_compare
+    from peftkit.config import load_config
+    from peftkit.recipes import recipe_path
+
+    console = Console(stderr=True)
+    if results is not None:
+        data = render(results, console=None if json_ else console)
+        emit(data, json_, lambda: typer.echo(f"report: {results / 'report.md'}"))
+        return
+    recipe = recipe or "reviews/minilm-l6_lora"
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    check_methods(method_list)
+    quants = _quants(quant)
+    overrides = run_overrides(model=model, epochs=epochs, max_steps=max_steps, set_=set_)
+    if max_train_rows is not None:
+        overrides["data.max_train_rows"] = max_train_rows
+    cfg = load_config(recipe_path(recipe), overrides)
+    if segment_column is not None:
+        _check_segment_column(cfg, segment_column)
+    if baselines and cfg.task != "classification":
+        console.print(
+            f"baselines skipped: transformers' built-in head trains classification only, not {cfg.task}"
+        )
+    plan = ComparePlan(
+        recipe=recipe,
+        config=cfg.model_dump(mode="json"),
+        methods=method_list,
+        quants=quants,
+        seeds=[cfg.train.seed + i for i in range(seeds)],
+        baselines=baselines and cfg.task == "classification",
+        segment_column=segment_column,
+    )
+    out = output or Path("results") / recipe.removesuffix(".yaml").replace("/", "_")
+    run_compare(plan, out, say=lambda line: console.print(line, highlight=False, markup=False))
+    data = render(out, commands=[_command_line()], console=None if json_ else console)
+    emit(data, json_, lambda: typer.echo(f"report: {out / 'report.md'}"))
+
+
+def _check_segment_column(cfg, column: str) -> None:
+    from peftkit.data import load_splits
+    from peftkit.errors import PeftkitError
+
+    frame = load_splits(cfg.data, cfg.task, cfg.train.seed).eval_frame
+    if column not in frame.columns:
+        raise PeftkitError(
+            f"--segment-column {column}: the rows of {cfg.data.train} have no such column; "
+            f"columns: {', '.join(map(str, frame.columns))}"
+        )
+
+
+def _quants(text: str) -> list[str]:
+    quants = [q.strip() for q in text.split(",") if q.strip()]
+    bad = [q for q in quants if q not in ("none", "8bit")]
+    if bad or not quants:
+        raise typer.BadParameter(
+            f"unknown {', '.join(bad) or 'empty list'}; use none, 8bit or none,8bit", param_hint="--quant"
+        )
+    return quants
+
+
+def _command_line() -> str:
+    return "peftkit compare " + " ".join(shlex.quote(a) for a in sys.argv[1:])

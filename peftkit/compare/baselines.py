@@ -1,0 +1,153 @@
+"""The baseline rows of `peftkit compare`: what a user writes by hand instead of using peftkit.
+
+This file deliberately does NOT go through peftkit's training path: it is the code one would write from the peft and
+transformers docs, so that the comparison shows peftkit's own overhead or gain as a ratio. Both read the same rows
+(the split peftkit made) and get the same budget (epochs, batch size); scoring uses the same metric code.
+
+- ``peft+trainer``: ``AutoModelForSequenceClassification`` + ``LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05)``
+  on peft's default target modules, ``Trainer`` with ``DataCollatorWithPadding`` (dynamic padding, random batch
+  order) and the LoRA row's learning rate.
+- ``tutorial``: the classic fine-tuning tutorial: every weight trains, ``padding="max_length"`` to 128 tokens,
+  random batch order, lr 5e-5.
+
+Transformers' built-in head loss is cross-entropy, so these rows exist for classification recipes only.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from peftkit.config import RunConfig
+from peftkit.errors import PeftkitError
+from peftkit.methods import METHODS
+
+TUTORIAL_LENGTH = 128
+TUTORIAL_LR = 5e-5
+
+
+@dataclass
+class BaselineResult:
+    """What a baseline run produced, in the shape the compare worker records."""
+
+    metrics: dict[str, float]
+    trainable_params: int
+    total_params: int
+    adapter_bytes: int
+    seconds: float
+    samples_per_second: float
+    real_tokens: int
+    padded_tokens: int
+    model: Any
+    predict_logits: Any  # texts -> (N, K) logits
+
+
+def run_baseline(name: str, cfg: RunConfig, splits, callbacks: list) -> BaselineResult:
+    if cfg.task != "classification":
+        raise PeftkitError(
+            f"baseline {name}: transformers' built-in head trains classification only, not {cfg.task}"
+        )
+    import torch
+    from transformers import (
+        AutoModelForSequenceClassification,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    from peftkit import models
+    from peftkit.tasks import TASKS
+
+    base = models.resolve(
+        cfg.model.name
+    )  # the packaged model's folder: what from_pretrained("org/name") gives
+    tokenizer = models.load_tokenizer(base)
+    set_seed(cfg.train.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(base.folder), num_labels=len(splits.labels), pad_token_id=tokenizer.pad_token_id
+    )
+    if name == "peft+trainer":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        model = get_peft_model(
+            model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.05)
+        )
+        lr = cfg.train.lr if cfg.method.name == "lora" and cfg.train.lr else METHODS["lora"].default_lr
+        encode = {"truncation": True, "max_length": cfg.data.max_length}
+    elif name == "tutorial":
+        lr = TUTORIAL_LR
+        encode = {"truncation": True, "max_length": TUTORIAL_LENGTH, "padding": "max_length"}
+    else:
+        raise PeftkitError(f"unknown baseline {name!r}")
+
+    counts = {"real_tokens": 0, "padded_tokens": 0}
+    pad = DataCollatorWithPadding(tokenizer)
+
+    def collate(features):  # DataCollatorWithPadding, plus the token counts the FLOP/s figures need
+        batch = pad(features)
+        counts["real_tokens"] += int(batch["attention_mask"].sum())
+        counts["padded_tokens"] += batch["input_ids"].numel()
+        return batch
+
+    train_rows = _rows(tokenizer, splits.train_texts, splits.train_labels, encode)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp,
+            per_device_train_batch_size=cfg.train.batch_size,
+            num_train_epochs=cfg.train.epochs,
+            max_steps=cfg.train.max_steps,
+            learning_rate=lr,
+            seed=cfg.train.seed,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            use_cpu=models.default_device() == "cpu",
+        )
+        trainer = Trainer(
+            model=model, args=args, train_dataset=train_rows, data_collator=collate, callbacks=callbacks
+        )
+        out = trainer.train()
+        seconds = out.metrics["train_runtime"]
+        model.eval()
+        model.save_pretrained(tmp + "/saved")  # what the user would ship: adapter folder, or the whole model
+        size = sum(f.stat().st_size for f in Path(tmp, "saved").glob("*.safetensors"))
+
+    def predict_logits(texts: list[str]) -> np.ndarray:
+        outs = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), cfg.train.eval_batch_size):
+                batch = tokenizer(
+                    texts[i : i + cfg.train.eval_batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    **{k: v for k, v in encode.items() if k != "padding"},
+                ).to(model.device)
+                outs.append(model(**batch).logits.float().cpu().numpy())
+        return np.concatenate(outs) if outs else np.zeros((0, len(splits.labels)))
+
+    task = TASKS[cfg.task]
+    metrics = task.metrics(np.asarray(splits.eval_labels), task.decode(predict_logits(splits.eval_texts)))
+    return BaselineResult(
+        metrics=metrics,
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        total_params=sum(p.numel() for p in model.parameters()),
+        adapter_bytes=size,
+        seconds=seconds,
+        samples_per_second=out.metrics["train_samples_per_second"],
+        real_tokens=counts["real_tokens"],
+        padded_tokens=counts["padded_tokens"],
+        model=model,
+        predict_logits=predict_logits,
+    )
+
+
+def _rows(tokenizer, texts: list[str], labels: list, encode: dict):
+    from datasets import Dataset
+
+    enc = tokenizer(texts, **encode)
+    return Dataset.from_dict({**{k: enc[k] for k in enc.keys()}, "labels": labels})

@@ -1,0 +1,191 @@
+"""`peftkit compare`: runs per (method, quant, seed) in their own processes, resumable, and a report built from the
+stored runs; the statistics and the goal checks against hand-computed values."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from peftkit.cli import app
+from peftkit.compare import report
+from peftkit.compare.measure import flop_factor, non_embedding_params
+from tests.conftest import intent_rows
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def recipe(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    data = root / "intent.csv"
+    intent_rows(120).to_csv(data, index=False)
+    path = root / "tiny.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "task": "classification",
+                "data": {"train": str(data), "max_length": 32},
+                "model": {"name": str(tiny_models["bert"])},
+                "method": {"name": "lora", "r": 4},
+                "train": {"max_steps": 4, "batch_size": 8, "seed": 7, "lr": 2e-3},
+            }
+        )
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def compared(recipe, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare-out") / "cmp"
+    args = ["compare", "--recipe", str(recipe), "--methods", "lora,full", "--seeds", "2"]
+    result = runner.invoke(app, [*args, "--segment-column", "platform", "--output", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    return out, args, json.loads(result.stdout)
+
+
+def test_every_run_is_recorded_once_with_its_measurements(compared):
+    out, _, data = compared
+    names = sorted(p.name for p in (out / "runs").glob("*.json"))
+    assert names == sorted(
+        f"{m}_none_seed{s}.json" for m in ("lora", "full", "peft-trainer", "tutorial") for s in (7, 8)
+    )
+    lora = json.loads((out / "runs" / "lora_none_seed7.json").read_text())
+    full = json.loads((out / "runs" / "full_none_seed7.json").read_text())
+    assert 0 < lora["trainable_percent"] < 100 and full["trainable_percent"] == 100
+    assert lora["config"]["method"]["r"] == 4 and lora["config"]["train"]["lr"] == 2e-3  # the recipe's own
+    assert full["config"]["train"]["lr"] is None  # another method: its own default lr
+    t = lora["train"]
+    assert 0 < t["real_tokens"] <= t["padded_tokens"]
+    assert lora["flops"]["factor"] == 4 and full["flops"]["factor"] == 6
+    assert lora["flops"]["real_per_second"] == pytest.approx(
+        4 * lora["flops"]["non_embedding_params"] * t["real_tokens"] / t["seconds"]
+    )
+    assert lora["memory"]["kind"] == "cpu_peak_rss" and lora["memory"]["peak_bytes"] > 10 * 2**20
+    assert set(lora["segments"]) == {"app", "web"}
+    assert sum(s["rows"] for s in lora["segments"].values()) == lora["rows"]["eval"]
+    tutorial = json.loads((out / "runs" / "tutorial_none_seed7.json").read_text())
+    assert (
+        tutorial["train"]["padding_share"] > t["padding_share"]
+    )  # rows padded to 128 vs to the batch's longest
+    assert data["runs"] == 8 and {r["method"] for r in data["ranking"]} == {
+        "lora",
+        "full",
+        "peft+trainer",
+        "tutorial",
+    }
+
+
+def test_report_files_and_rerender(compared):
+    out, _, data = compared
+    md = (out / "report.md").read_text()
+    assert "| method | quality |" in md and "**Recommendation.**" in md and "accuracy per segment" in md
+    for chart in report.CHARTS:
+        assert (out / "charts" / chart).stat().st_size > 1000
+    again = runner.invoke(app, ["compare", "--results", str(out), "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["ranking"] == data["ranking"]
+
+
+def test_rerun_resumes_and_redoes_only_missing_runs(compared):
+    out, args, _ = compared
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    (out / "runs" / "full_none_seed8.json").unlink()  # as if the compare had been interrupted during this run
+    result = runner.invoke(app, [*args, "--segment-column", "platform", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "resuming: 7 of 8 runs already done" in result.output
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    assert set(after) == set(before)
+    assert [n for n in after if after[n] != before.get(n)] == ["full_none_seed8.json"]
+
+
+def test_a_different_budget_in_the_same_folder_is_refused(compared):
+    out, args, _ = compared
+    result = runner.invoke(
+        app, [*args, "--max-steps", "9", "--segment-column", "platform", "--output", str(out)]
+    )
+    assert result.exit_code == 2
+    assert (
+        "holds a compare with other data, model or budget (changed: config.train.max_steps)" in result.output
+    )
+
+
+def test_bad_flags_are_one_line_errors(recipe, tmp_path):
+    bad_method = runner.invoke(app, ["compare", "--recipe", str(recipe), "--methods", "lora,qlora"])
+    assert bad_method.exit_code == 2 and "--methods: unknown qlora" in bad_method.output
+    bad_column = runner.invoke(
+        app,
+        ["compare", "--recipe", str(recipe), "--segment-column", "country", "--output", str(tmp_path / "x")],
+    )
+    assert bad_column.exit_code == 2 and "--segment-column country: the rows of" in bad_column.output
+    assert not (tmp_path / "x").exists()
+    missing = runner.invoke(app, ["compare", "--results", str(tmp_path)])
+    assert missing.exit_code == 2 and "no compare.json" in missing.output
+
+
+def test_ci_is_the_t_interval_over_seeds():
+    s = report.stat([0.5, 0.7, 0.6])
+    # mean 0.6, sample sd 0.1, t(0.975, df=2) = 4.302653: half-width 4.302653 * 0.1 / sqrt(3) = 0.248414
+    assert s.mean == pytest.approx(0.6) and s.ci95 == pytest.approx(0.248414, abs=1e-6) and s.n == 3
+    assert math.isnan(report.stat([0.5]).ci95)
+
+
+def _record(method, seed, acc, *, sps, peak, trainable_pct=0.5, quant="none", baseline=False):
+    return {
+        "key": {"method": method, "quant": quant, "seed": seed},
+        "baseline": baseline,
+        "task": "classification",
+        "metrics": {"accuracy": acc},
+        "trainable_params": int(trainable_pct * 1000),
+        "trainable_percent": trainable_pct,
+        "adapter_bytes": 1000,
+        "memory": {"peak_bytes": peak},
+        "train": {"samples_per_second": sps, "real_tokens_per_second": 10 * sps, "padding_share": 0.1},
+        "flops": {"real_share_of_peak": 0.5, "computed_share_of_peak": 0.6},
+        "inference": {"latency_ms_p50": 5.0, "throughput_rows_per_second": 100.0},
+    }
+
+
+def test_recommendation_and_goals_follow_the_numbers():
+    records = [
+        *(_record("full", s, a, sps=10, peak=900, trainable_pct=100) for s, a in [(0, 0.80), (1, 0.82)]),
+        *(_record("lora", s, a, sps=30, peak=500) for s, a in [(0, 0.805), (1, 0.805)]),
+        *(_record("prefix", s, a, sps=40, peak=450) for s, a in [(0, 0.70), (1, 0.71)]),
+        *(_record("lora", s, 0.80, sps=20, peak=200, quant="8bit") for s in (0, 1)),
+        *(_record("peft+trainer", s, 0.80, sps=20, peak=600, baseline=True) for s in (0, 1)),
+    ]
+    rows = report.build_rows(records)
+    assert [r.name for r in report.rank(rows, "classification")][:2] == ["full", "lora"]
+    # full (0.81) and lora (0.805) are tied within 1 point; lora trains 3x faster, so it is the pick. prefix is not tied.
+    text = report.recommend(rows, "classification")
+    assert (
+        text.startswith("Use **lora**: accuracy 0.805")
+        and "3.00× the speed of the next tied row (full)" in text
+    )
+    by = {g.goal: g for g in report.goals(rows, "classification")}
+    assert (
+        by["LoRA training samples/s vs peft+trainer"].met
+        and "1.50×" in by["LoRA training samples/s vs peft+trainer"].measured
+    )
+    assert by["lora vs full fine-tuning"].met
+    assert by["lora 8-bit peak memory vs unquantised"].measured.startswith("0.40×")
+    assert by["lora 8-bit peak memory vs unquantised"].met
+
+
+def test_flop_accounting(tiny_models):
+    from transformers import AutoModelForSequenceClassification
+
+    assert flop_factor(base_trains=False, gradient_checkpointing=False) == 4
+    assert flop_factor(base_trains=True, gradient_checkpointing=False) == 6
+    assert flop_factor(base_trains=True, gradient_checkpointing=True) == 8
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_models["bert"]), num_labels=2)
+    emb = model.bert.embeddings
+    tables = sum(
+        p.numel()
+        for m in (emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings)
+        for p in m.parameters()
+    )
+    assert non_embedding_params(model) == sum(p.numel() for p in model.parameters()) - tables
