@@ -129,7 +129,9 @@ class AdapterBank:
         self.folder, self.bank = folder, bank
         self.spec = METHODS[bank["method"]]
         if self.spec.full_model:
-            raise PeftkitError(f"bank {folder}: method {bank['method']} saves whole models; a bank needs adapters")
+            raise PeftkitError(
+                f"bank {folder}: method {bank['method']} saves whole models; a bank needs adapters"
+            )
         self.task = TASKS[bank["task"]]
         self.labels: list[str] | None = bank.get("labels")
         self.max_loaded, self.batch_size = max_loaded, batch_size

@@ -82,7 +82,11 @@ def test_every_run_is_recorded_once_with_its_measurements(compared):
 def test_report_files_and_rerender(compared):
     out, _, data = compared
     md = (out / "report.md").read_text()
-    assert "| method | quality |" in md and "**Recommendation.**" in md and "accuracy per segment" in md
+    assert (
+        "| method | accuracy (95% CI) |" in md
+        and "**Recommendation.**" in md
+        and "accuracy per segment" in md
+    )
     for chart in report.CHARTS:
         assert (out / "charts" / chart).stat().st_size > 1000
     again = runner.invoke(app, ["compare", "--results", str(out), "--json"])

@@ -191,8 +191,9 @@ def test_full_fine_tuning_trains_and_saves_every_weight(trained, tiny_models, ar
 
 
 def test_full_refuses_8bit_and_banks():
-    with pytest.raises(PeftkitError, match="method full trains every weight and int8 weights take no gradient"):
+    with pytest.raises(
+        PeftkitError, match="method full trains every weight and int8 weights take no gradient"
+    ):
         load_config(None, {"method.name": "full", "model.quant": "8bit"})
     with pytest.raises(PeftkitError, match="method full cannot train an adapter bank"):
         load_config(None, {"method.name": "full", "segments.column": "platform"})
-

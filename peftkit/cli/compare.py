@@ -92,6 +92,8 @@ def compare(
     from peftkit.recipes import recipe_path
 
     console = Console(stderr=True)
+    if not console.is_terminal:  # a log file or CI: rich would wrap the table at 80 columns
+        console = Console(stderr=True, width=150)
     if results is not None:
         data = render(results, console=None if json_ else console)
         emit(data, json_, lambda: typer.echo(f"report: {results / 'report.md'}"))

@@ -115,7 +115,8 @@ def check_methods(methods: list[str]) -> None:
 def write_or_check_plan(plan: ComparePlan, output: Path) -> ComparePlan:
     """Store the plan, or check it against the one stored by an earlier compare into the same folder.
 
-    Returns the plan to run: the stored grid widened by the new one (methods, quantisations, seeds only grow).
+    Returns the stored plan: the earlier grid widened by this one (methods, quantisations, seeds only grow), a
+    record of everything the folder may hold.
     """
     from peftkit.adapter import _diff_keys, write_json
 

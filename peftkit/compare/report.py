@@ -222,18 +222,19 @@ def _mb(n: float) -> str:
 # --- rendering ------------------------------------------------------------------------------------------------
 
 
-COLUMNS = (
-    "method",
-    "quality",
-    "trainable",
-    "folder",
-    "peak mem",
-    "train samples/s",
-    "real tok/s",
-    "FLOP/s real (computed) vs peak",
-    "latency p50",
-    "infer rows/s",
-)
+def columns(task: str) -> list[str]:
+    return [
+        "method",
+        f"{PRIMARY[task][0]} (95% CI)",
+        "trained",
+        "folder",
+        "peak mem",
+        "train samples/s",
+        "real tok/s",
+        "FLOP/s of peak: real (all)",
+        "p50 ms",
+        "infer rows/s",
+    ]
 
 
 def table_rows(rows: list[Row], task: str) -> list[list[str]]:
@@ -243,14 +244,14 @@ def table_rows(rows: list[Row], task: str) -> list[list[str]]:
         out.append(
             [
                 r.name + (" [baseline]" if r.baseline else ""),
-                f"{metric} {r.metrics[metric].text()}",
-                f"{r.trainable_percent:.2f}% ({r.trainable_params:,})",
+                r.metrics[metric].text(),
+                f"{r.trainable_percent:.2f}%",
                 _mb(r.adapter_bytes),
                 _mb(r.peak_bytes.mean),
                 f"{r.samples_per_second.mean:.1f}",
                 f"{r.real_tokens_per_second.mean:.0f}",
                 f"{100 * r.real_flops_share.mean:.0f}% ({100 * r.computed_flops_share.mean:.0f}%)",
-                f"{r.latency_ms_p50.mean:.1f} ms",
+                f"{r.latency_ms_p50.mean:.1f}",
                 f"{r.throughput_rows_per_second.mean:.0f}",
             ]
         )
@@ -272,6 +273,7 @@ def report_data(plan: ComparePlan, records: list[dict], failures: list[dict]) ->
         "device": first.get("device"),
         "versions": first.get("versions"),
         "runs": len(records),
+        "majority": first.get("metrics", {}).get(f"majority_{PRIMARY[task][0]}"),
         "failures": failures,
         "ranking": [asdict(r) | {"name": r.name} for r in rank(rows, task)],
         "recommendation": recommend(rows, task),
@@ -286,15 +288,15 @@ def print_table(data: dict, rows: list[Row], console) -> None:
     from rich.table import Table
 
     table = Table(title=f"peftkit compare: {data['recipe']} on {data['model']} ({data['runs']} runs)")
-    for c in COLUMNS:
-        table.add_column(c, justify="left" if c in ("method", "quality") else "right")
+    for i, c in enumerate(columns(data["task"])):
+        table.add_column(c, justify="left" if i < 2 else "right")
     for cells in table_rows(rows, data["task"]):
         table.add_row(*cells)
     console.print(table)
-    console.print(data["recommendation"])
+    console.print(data["recommendation"].replace("**", ""), highlight=False)
     for g in data["goals"]:
         mark = {True: "[green]met[/]", False: "[red]short[/]", None: "?"}[g["met"]]
-        console.print(f"  goal {g['goal']} ({g['target']}): {g['measured']} {mark}")
+        console.print(f"  goal {g['goal']} ({g['target']}): {g['measured']} {mark}", highlight=False)
 
 
 def markdown(data: dict, rows: list[Row], commands: list[str]) -> str:
@@ -313,7 +315,8 @@ def markdown(data: dict, rows: list[Row], commands: list[str]) -> str:
         f"Task: {task}, ranked by {metric} on {data['rows_data'] and data['rows_data']['eval']} held-out rows "
         f"(mean ± 95% CI over seeds {', '.join(map(str, seeds))}). Budget: {budget}, batch {b['batch_size']}, "
         f"max_length {data['max_length']}, {data['rows_data'] and data['rows_data']['train']} training rows. "
-        f"Device: {dev.get('device', '?')}"
+        + (f"Majority-class {metric}: {data['majority']:.3f}. " if data.get("majority") is not None else "")
+        + f"Device: {dev.get('device', '?')}"
         + (f" ({dev['gpu']})" if dev.get("gpu") else f", {dev.get('threads', '?')} threads")
         + (
             f"; measured fp32 matmul peak {data['matmul_peak_flops'] / 1e9:.0f} GFLOP/s"
@@ -322,8 +325,8 @@ def markdown(data: dict, rows: list[Row], commands: list[str]) -> str:
         )
         + ".",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join("---" for _ in COLUMNS) + "|",
+        "| " + " | ".join(columns(task)) + " |",
+        "|" + "|".join("---" for _ in columns(task)) + "|",
     ]
     lines += [
         "| " + " | ".join(c.replace("|", "/") for c in cells) + " |" for cells in table_rows(rows, task)

@@ -28,12 +28,13 @@ RUNS = "runs"
 def run_compare(
     plan: ComparePlan, output: Path, *, say: Callable[[str], None] = print
 ) -> list[dict[str, Any]]:
-    """Make every run of `plan` that `output` does not hold yet; returns all finished run records.
+    """Make every run of `plan` that `output` does not hold yet; returns all finished run records (earlier
+    compares into the same folder included: a second compare can add 8-bit runs of one method to the grid).
 
     A run that fails is recorded in ``runs/<id>.failed.json`` with its last error line and skipped; the others go
     on. Interrupting (Ctrl-C) loses only the run in progress.
     """
-    plan = write_or_check_plan(plan, output)
+    write_or_check_plan(plan, output)
     keys, skipped = plan.runs()
     for note in skipped:
         say(f"skipped: {note}")
