@@ -122,7 +122,13 @@ def compare(
         segment_column=segment_column,
     )
     out = output or Path("results") / recipe.removesuffix(".yaml").replace("/", "_")
-    run_compare(plan, out, say=lambda line: console.print(line, highlight=False, markup=False))
+    try:
+        run_compare(plan, out, say=lambda line: console.print(line, highlight=False, markup=False))
+    except KeyboardInterrupt:
+        typer.echo(
+            f"interrupted; finished runs are kept in {out / 'runs'}: the same command resumes", err=True
+        )
+        raise typer.Exit(130) from None
     data = render(out, commands=[_command_line()], console=None if json_ else console)
     emit(data, json_, lambda: typer.echo(f"report: {out / 'report.md'}"))
 
