@@ -156,4 +156,8 @@ def _quants(text: str) -> list[str]:
 
 
 def _command_line() -> str:
-    return "peftkit compare " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    # Run as `peftkit compare ...` argv holds the subcommand; run as `python -m peftkit.cli.compare` it does not.
+    args = sys.argv[1:]
+    if args[:1] == ["compare"]:
+        args = args[1:]
+    return "peftkit compare " + " ".join(shlex.quote(a) for a in args)
