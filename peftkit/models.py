@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from peftkit.adapter import write_text_atomic
 from peftkit.errors import PeftkitError
 
 # Head modules trained with the adapter and kept out of 8-bit quantisation (a quantised head cannot be trained).
@@ -139,7 +140,7 @@ def weights_hash(source: Path) -> str:
             while chunk := fh.read(1 << 22):
                 digest.update(chunk)
     index[key] = digest.hexdigest()
-    _atomic_write_text(index_path, json.dumps(index, indent=0))
+    write_text_atomic(index_path, json.dumps(index, indent=0))
     return index[key]
 
 
@@ -175,14 +176,6 @@ def _converted_gguf(gguf: Path, sha: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def default_device() -> str:

@@ -57,23 +57,28 @@ def encode(tokenizer, texts: list[str], labels: list, cfg: RunConfig):
     return Dataset.from_dict({**columns, "labels": labels, "length": [len(ids) for ids in enc["input_ids"]]})
 
 
+def count_tokens(counts: dict[str, int], batch) -> None:
+    """Add one training batch's tokens to `counts`: real ones (attention mask) and computed ones (padding included),
+    for the tokens/s and FLOP/s figures. Called from the loss, not the collator: accelerate collates one batch ahead,
+    so a run stopped by max_steps collates a batch it never trains on."""
+    counts["real_tokens"] += int(batch["attention_mask"].sum())
+    counts["padded_tokens"] += batch["input_ids"].numel()
+
+
 def make_trainer(model, args, dataset, tokenizer, task, spec, callbacks):
     import torch
     from transformers import DataCollatorWithPadding, Trainer
 
     pad = DataCollatorWithPadding(tokenizer)
-    # Tokens the training batches held: real ones (attention mask) and computed ones (padding included), for the
-    # tokens/s and FLOP/s figures; counted here because this is where padding happens.
     counts = {"real_tokens": 0, "padded_tokens": 0}
 
     def collate(features):  # the `length` column is for the length-grouped sampler, not the model
-        batch = pad([{k: v for k, v in f.items() if k != "length"} for f in features])
-        counts["real_tokens"] += int(batch["attention_mask"].sum())
-        counts["padded_tokens"] += batch["input_ids"].numel()
-        return batch
+        return pad([{k: v for k, v in f.items() if k != "length"} for f in features])
 
     class PeftkitTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if model.training:
+                count_tokens(counts, inputs)
             labels = inputs.pop("labels")
             outputs = model(**inputs)
             loss = task.loss(outputs.logits, labels)

@@ -99,7 +99,7 @@ def compare(
         emit(data, json_, lambda: typer.echo(f"report: {results / 'report.md'}"))
         return
     recipe = recipe or "reviews/minilm-l6_lora"
-    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    method_list = list(dict.fromkeys(m.strip() for m in methods.split(",") if m.strip()))  # lora,lora: once
     check_methods(method_list)
     quants = _quants(quant)
     overrides = run_overrides(model=model, epochs=epochs, max_steps=max_steps, set_=set_)
@@ -146,7 +146,7 @@ def _check_segment_column(cfg, column: str) -> None:
 
 
 def _quants(text: str) -> list[str]:
-    quants = [q.strip() for q in text.split(",") if q.strip()]
+    quants = list(dict.fromkeys(q.strip() for q in text.split(",") if q.strip()))
     bad = [q for q in quants if q not in ("none", "8bit")]
     if bad or not quants:
         raise typer.BadParameter(

@@ -11,12 +11,12 @@ Modules: `plan` (what to run), `worker` (one run, one process), `measure` (FLOP/
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from peftkit.adapter import replace_folder, write_text_atomic
 from peftkit.compare.plan import BASELINES, ComparePlan, check_methods, read_plan
 from peftkit.compare.runner import load_failures, load_runs, run_compare
 from peftkit.errors import PeftkitError
@@ -44,28 +44,21 @@ def render(output: Path, *, commands: list[str] | None = None, console=None) -> 
     for c in commands or []:
         if c not in history:
             history.append(c)
-    _write_text(stored, "\n".join(history) + "\n")
+    write_text_atomic(stored, "\n".join(history) + "\n")
     data["commands"] = history
     tmp = Path(tempfile.mkdtemp(prefix=".charts-", dir=output))
     try:
         report.charts(rows, data["task"], tmp)
-        old = output / "charts"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(tmp, old)
+        replace_folder(tmp, output / "charts")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _write_text(output / REPORT_MD, report.markdown(data, rows, history))
-    _write_text(output / REPORT_JSON, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    write_text_atomic(output / REPORT_MD, report.markdown(data, rows, history))
+    write_text_atomic(
+        output / REPORT_JSON, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    )
     if console is not None:
         report.print_table(data, rows, console)
     return data
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 __all__ = ["BASELINES", "ComparePlan", "check_methods", "load_runs", "render", "run_compare"]

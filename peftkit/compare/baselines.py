@@ -63,6 +63,7 @@ def run_baseline(name: str, cfg: RunConfig, splits, callbacks: list) -> Baseline
 
     from peftkit import models
     from peftkit.tasks import TASKS
+    from peftkit.trainer import count_tokens
 
     base = models.resolve(
         cfg.model.name
@@ -72,6 +73,7 @@ def run_baseline(name: str, cfg: RunConfig, splits, callbacks: list) -> Baseline
     model = AutoModelForSequenceClassification.from_pretrained(
         str(base.folder), num_labels=len(splits.labels), pad_token_id=tokenizer.pad_token_id
     )
+    total_params = sum(p.numel() for p in model.parameters())  # the base and head, as peftkit's rows count it
     if name == "peft+trainer":
         from peft import LoraConfig, TaskType, get_peft_model
 
@@ -87,13 +89,12 @@ def run_baseline(name: str, cfg: RunConfig, splits, callbacks: list) -> Baseline
         raise PeftkitError(f"unknown baseline {name!r}")
 
     counts = {"real_tokens": 0, "padded_tokens": 0}
-    pad = DataCollatorWithPadding(tokenizer)
 
-    def collate(features):  # DataCollatorWithPadding, plus the token counts the FLOP/s figures need
-        batch = pad(features)
-        counts["real_tokens"] += int(batch["attention_mask"].sum())
-        counts["padded_tokens"] += batch["input_ids"].numel()
-        return batch
+    class CountingTrainer(Trainer):  # the plain Trainer, plus the token counts the FLOP/s figures need
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            if model.training:
+                count_tokens(counts, inputs)
+            return super().compute_loss(model, inputs, *args, **kwargs)
 
     train_rows = _rows(tokenizer, splits.train_texts, splits.train_labels, encode)
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,8 +110,12 @@ def run_baseline(name: str, cfg: RunConfig, splits, callbacks: list) -> Baseline
             disable_tqdm=True,
             use_cpu=models.default_device() == "cpu",
         )
-        trainer = Trainer(
-            model=model, args=args, train_dataset=train_rows, data_collator=collate, callbacks=callbacks
+        trainer = CountingTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_rows,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            callbacks=callbacks,
         )
         started = time.perf_counter()  # timed as peftkit's own runs are: around trainer.train()
         out = trainer.train()
@@ -137,7 +142,7 @@ def run_baseline(name: str, cfg: RunConfig, splits, callbacks: list) -> Baseline
     return BaselineResult(
         metrics=metrics,
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        total_params=sum(p.numel() for p in model.parameters()),
+        total_params=total_params,
         adapter_bytes=size,
         seconds=seconds,
         samples_per_second=out.metrics["train_samples_per_second"],

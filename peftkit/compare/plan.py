@@ -1,8 +1,8 @@
 """What a compare runs: one recipe's data and budget, crossed with methods x quantisations x seeds, plus baselines.
 
 The plan is written to ``<output>/compare.json`` before the first run. A later ``peftkit compare`` with the same
-output folder resumes: it refuses a plan whose data, model or budget differ (the runs would not be comparable) and
-accepts more methods, quantisations or seeds (new runs are added, finished ones are kept).
+output folder resumes: it refuses a plan whose data, split, model, budget or method settings differ (the runs would not be
+comparable) and accepts more methods, quantisations or seeds (new runs are added, finished ones are kept).
 """
 
 from __future__ import annotations
@@ -65,15 +65,22 @@ class ComparePlan(BaseModel):
         for seed in self.seeds:
             for quant in self.quants:
                 for method in self.methods + (extra if quant == "none" else []):
-                    if method in METHODS and METHODS[method].full_model and quant == "8bit":
-                        note = (
-                            "full x 8bit: int8 weights take no gradient (full fine-tuning needs --quant none)"
-                        )
-                        if note not in skipped:
-                            skipped.append(note)
-                        continue
-                    runs.append(RunKey(method, quant, seed))
+                    note = self._cannot_run(method, quant)
+                    if note is None:
+                        runs.append(RunKey(method, quant, seed))
+                    elif note not in skipped:
+                        skipped.append(note)
         return runs, skipped
+
+    def _cannot_run(self, method: str, quant: str) -> str | None:
+        spec = METHODS.get(method)
+        if spec is None:  # a baseline
+            return None
+        if spec.full_model and quant == "8bit":
+            return "full x 8bit: int8 weights take no gradient (full fine-tuning needs --quant none)"
+        if self.config["train"].get("gradient_checkpointing") and not spec.supports_gradient_checkpointing:
+            return f"{method}: does not work with train.gradient_checkpointing=true"
+        return None
 
     def run_config(self, key: RunKey) -> RunConfig:
         """The config one peftkit run trains with: the recipe's, with this method, quantisation and seed.
@@ -89,16 +96,22 @@ class ComparePlan(BaseModel):
         raw["model"]["quant"] = key.quant
         raw["train"]["seed"] = key.seed
         raw["segments"] = None
-        return RunConfig.model_validate(raw)
+        try:
+            return RunConfig.model_validate(raw)
+        except ValueError as exc:  # pydantic's ValidationError: one line naming the run, not a traceback
+            first = str(exc).splitlines()
+            raise PeftkitError(f"{key.id}: {first[-1].strip() if first else exc}") from None
 
     def comparable_part(self) -> dict[str, Any]:
-        """What every run must share for the comparison to hold: data, model and budget (not method or seed)."""
+        """What every run must share for the comparison to hold: data, model, budget, the split seed (the recipe's
+        ``train.seed``: it picks the held-out and the training rows) and the recipe's method options and learning
+        rate (a resumed run is reused as is, so it must have been trained with them). Only the quantisation, the
+        grid and where output goes may change between compares into one folder."""
         raw = json.loads(json.dumps(self.config))
         raw.pop("output", None)
         raw.pop("segments", None)
-        raw.pop("method", None)
         raw["model"].pop("quant", None)
-        for key in ("seed", "lr", "report_to", "logging_steps", "save_steps"):
+        for key in ("report_to", "logging_steps", "save_steps"):
             raw["train"].pop(key, None)
         return {"config": raw, "segment_column": self.segment_column}
 
@@ -127,7 +140,7 @@ def write_or_check_plan(plan: ComparePlan, output: Path) -> ComparePlan:
         if before != now:
             changed = ", ".join(sorted(_diff_keys(before, now))[:6])
             raise PeftkitError(
-                f"{output} holds a compare with other data, model or budget (changed: {changed}); "
+                f"{output} holds a compare with other data, split, model, budget or method settings (changed: {changed}); "
                 "use a new --output, or the same settings to resume"
             )
         plan = plan.model_copy(

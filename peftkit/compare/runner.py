@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from peftkit.adapter import write_json
 from peftkit.compare.plan import ComparePlan, RunKey, write_or_check_plan
 from peftkit.errors import PeftkitError
 
@@ -34,8 +35,11 @@ def run_compare(
     A run that fails is recorded in ``runs/<id>.failed.json`` with its last error line and skipped; the others go
     on. Interrupting (Ctrl-C) loses only the run in progress.
     """
-    write_or_check_plan(plan, output)
     keys, skipped = plan.runs()
+    for key in keys:  # every run's config is valid before the first one starts, not after an hour
+        if not key.is_baseline:
+            plan.run_config(key)
+    write_or_check_plan(plan, output)
     for note in skipped:
         say(f"skipped: {note}")
     (output / RUNS).mkdir(exist_ok=True)
@@ -95,9 +99,7 @@ def _run_one(plan: ComparePlan, key: RunKey, split_seed: int, output: Path) -> s
         raise KeyboardInterrupt
     lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     error = lines[-1] if lines else f"exit {done.returncode}"
-    failed.write_text(
-        json.dumps({"key": job["key"], "error": error, "exit": done.returncode}, indent=2) + "\n"
-    )
+    write_json(failed, {"key": job["key"], "error": error, "exit": done.returncode})
     return error
 
 
@@ -106,16 +108,15 @@ def load_runs(output: Path) -> list[dict[str, Any]]:
     folder = output / RUNS
     if not folder.is_dir():
         raise PeftkitError(f"{output}: no {RUNS}/ folder; is this a peftkit compare --output folder?")
-    records = []
-    for path in sorted(folder.glob("*.json")):
-        if path.name.endswith(".failed.json"):
-            continue
-        try:
-            records.append(json.loads(path.read_text()))
-        except json.JSONDecodeError as exc:
-            raise PeftkitError(f"{path}: not valid JSON ({exc}); delete it to re-run that run") from None
-    return records
+    return [_read(p) for p in sorted(folder.glob("*.json")) if not p.name.endswith(".failed.json")]
 
 
 def load_failures(output: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted((output / RUNS).glob("*.failed.json"))]
+    return [_read(p) for p in sorted((output / RUNS).glob("*.failed.json"))]
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PeftkitError(f"{path}: not valid JSON ({exc}); delete it to re-run that run") from None

@@ -48,7 +48,6 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     memory = PeakMemory(device)
     # The split is the recipe's, whatever this run's seed: every run reads the same rows.
     splits = load_splits(cfg.data, cfg.task, job["split_seed"])
-    peak = matmul_peak(device, models.torch_dtype(cfg.model.dtype, device))
     facts: dict[str, Any] = {}
 
     class Measure(TrainerCallback):
@@ -90,9 +89,13 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         )
         tokens = {k: m["train"][k] for k in ("real_tokens", "padded_tokens")}
         steps = m["train"]["steps"]
+    # After training, not before: its tensors (384 MiB on GPU) would otherwise count in the run's memory peak.
+    peak = matmul_peak(device, models.torch_dtype(cfg.model.dtype, device))
 
     factor = flop_factor(
-        base_trains=facts["base_trains"], gradient_checkpointing=cfg.train.gradient_checkpointing
+        base_trains=facts["base_trains"],
+        gradient_checkpointing=cfg.train.gradient_checkpointing
+        and not key.is_baseline,  # baselines never use it
     )
     n = facts["non_embedding_params"]
     real_flops = training_flops(n, factor, tokens["real_tokens"], seconds)
