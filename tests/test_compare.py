@@ -69,9 +69,8 @@ def test_every_run_is_recorded_once_with_its_measurements(compared):
     assert set(lora["segments"]) == {"app", "web"}
     assert sum(s["rows"] for s in lora["segments"].values()) == lora["rows"]["eval"]
     tutorial = json.loads((out / "runs" / "tutorial_none_seed7.json").read_text())
-    assert (
-        tutorial["train"]["padding_share"] > t["padding_share"]
-    )  # rows padded to 128 vs to the batch's longest
+    assert tutorial["train"]["padded_tokens"] == 128 * 8 * 4  # every row of 4 steps of 8 padded to 128
+    assert tutorial["train"]["padding_share"] > t["padding_share"]
     assert data["runs"] == 8 and {r["method"] for r in data["ranking"]} == {
         "lora",
         "full",
@@ -280,3 +279,37 @@ def test_goals_judge_an_error_metric_and_gpu_memory_by_their_own_rules():
             "lora 8-bit peak memory vs unquantised"
         ]
         assert goal.met is met and goal.target == ("≤ 0.55× (GPU bf16)" if gpu else "≤ 0.5× (CPU fp32)")
+
+
+def test_nothing_is_recommended_or_matched_when_no_row_beats_the_majority_class():
+    # Majority class 0.52: full at 0.508 and lora at 0.515 learned nothing; ranking them is noise.
+    records = [
+        *(_record("full", s, 0.508, sps=5, peak=900, trainable_pct=100) for s in (0, 1)),
+        *(_record("lora", s, 0.515, sps=7, peak=500) for s in (0, 1)),
+    ]
+    rows = report.build_rows(records)
+    text = report.recommend(rows, "classification", majority=0.52)
+    assert text.startswith("No method is recommended: none beat the majority-class accuracy (0.520)")
+    assert "best: lora, 0.515" in text
+    goal = {g.goal: g for g in report.goals(rows, "classification", majority=0.52)}[
+        "lora vs full fine-tuning"
+    ]
+    assert goal.met is None and goal.measured.endswith(
+        "full fine-tuning did not beat the majority class (0.520)"
+    )
+    # One point above the majority class is learning: the usual rules apply again.
+    assert report.recommend(rows, "classification", majority=0.49).startswith("Use **lora**")
+    assert {g.goal: g for g in report.goals(rows, "classification", majority=0.49)}[
+        "lora vs full fine-tuning"
+    ].met
+
+
+def test_the_tutorial_reads_the_tokens_every_row_reads_and_pads_them_to_128(recipe):
+    from peftkit.compare.baselines import run_baseline
+    from peftkit.config import load_config
+    from peftkit.data import load_splits
+
+    # Every row is longer than 4 tokens: cut at the recipe's max_length, 4 real tokens each, 124 of padding.
+    cfg = load_config(recipe, {"data.max_length": 4, "train.max_steps": 2})
+    res = run_baseline("tutorial", cfg, load_splits(cfg.data, cfg.task, cfg.train.seed), [])
+    assert (res.real_tokens, res.padded_tokens) == (4 * 8 * 2, 128 * 8 * 2)

@@ -8,7 +8,8 @@ transformers docs, so that the comparison shows peftkit's own overhead or gain a
   on peft's default target modules, ``Trainer`` with ``DataCollatorWithPadding`` (dynamic padding, random batch
   order) and the LoRA row's learning rate.
 - ``tutorial``: the classic fine-tuning tutorial: every weight trains, ``padding="max_length"`` to 128 tokens,
-  random batch order, lr 5e-5.
+  random batch order, lr 5e-5. Rows are cut at the recipe's ``max_length`` like every other row's (padded to 128, or
+  to ``max_length`` when that is longer), so it reads the same tokens and differs only in how it trains on them.
 
 Transformers' built-in head loss is cross-entropy, so these rows exist for classification recipes only.
 """
@@ -82,9 +83,13 @@ def run_baseline(name: str, cfg: RunConfig, splits, callbacks: list) -> Baseline
         )
         lr = cfg.train.lr if cfg.method.name == "lora" and cfg.train.lr else METHODS["lora"].default_lr
         encode = {"truncation": True, "max_length": cfg.data.max_length}
+        pad_to = None
     elif name == "tutorial":
         lr = TUTORIAL_LR
-        encode = {"truncation": True, "max_length": TUTORIAL_LENGTH, "padding": "max_length"}
+        # Cut where every other row is cut (the same tokens read), then pad to the tutorial's fixed length: the
+        # padding is the tutorial's waste; reading more of each review than the other rows would be a different task.
+        encode = {"truncation": True, "max_length": cfg.data.max_length}
+        pad_to = max(TUTORIAL_LENGTH, cfg.data.max_length)
     else:
         raise PeftkitError(f"unknown baseline {name!r}")
 
@@ -96,7 +101,7 @@ def run_baseline(name: str, cfg: RunConfig, splits, callbacks: list) -> Baseline
                 count_tokens(counts, inputs)
             return super().compute_loss(model, inputs, *args, **kwargs)
 
-    train_rows = _rows(tokenizer, splits.train_texts, splits.train_labels, encode)
+    train_rows = _rows(tokenizer, splits.train_texts, splits.train_labels, encode, pad_to)
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
             output_dir=tmp,
@@ -153,8 +158,10 @@ def run_baseline(name: str, cfg: RunConfig, splits, callbacks: list) -> Baseline
     )
 
 
-def _rows(tokenizer, texts: list[str], labels: list, encode: dict):
+def _rows(tokenizer, texts: list[str], labels: list, encode: dict, pad_to: int | None):
     from datasets import Dataset
 
     enc = tokenizer(texts, **encode)
+    if pad_to is not None:  # the tokenizer refuses to pad past its truncation length in one call
+        enc = tokenizer.pad(enc, padding="max_length", max_length=pad_to)
     return Dataset.from_dict({**{k: enc[k] for k in enc.keys()}, "labels": labels})

@@ -24,8 +24,8 @@ PLAN_FILE = "compare.json"
 BASELINES = {
     "peft+trainer": "plain peft LoRA (r=8, alpha=16) + HF Trainer with the docs' defaults: dynamic padding, "
     "random batch order, same epochs, batch size and lr as peftkit's LoRA row",
-    "tutorial": "classic full fine-tuning tutorial: every weight trains, every row padded to 128 tokens, "
-    "random batch order, lr 5e-5",
+    "tutorial": "classic full fine-tuning tutorial: every weight trains, every row cut at the recipe's max_length "
+    "and padded to 128 tokens, random batch order, lr 5e-5",
 }
 
 

@@ -121,17 +121,37 @@ def rank(rows: list[Row], task: str) -> list[Row]:
     return sorted(rows, key=lambda r: -r.metrics[metric].mean if higher else r.metrics[metric].mean)
 
 
-def recommend(rows: list[Row], task: str) -> str:
+def learned(row: Row, task: str, majority: float | None) -> bool:
+    """Whether ``row`` beats always answering the majority class by more than the tie margin (1 point).
+
+    A row that does not has learned nothing usable at this budget, and its rank among other such rows is noise.
+    """
+    metric, higher = PRIMARY[task]
+    if majority is None:
+        return True
+    mean = row.metrics[metric].mean
+    return mean > majority + TIE if higher else mean < majority - TIE
+
+
+def recommend(rows: list[Row], task: str, majority: float | None = None) -> str:
     """One plain sentence from the numbers: the fastest-training non-baseline row tied with the best.
 
     Tied = its mean is within 1 point (0.01) of the best mean: the yardstick the goals use. With few seeds the 95%
-    interval is wider than that (t = 12.7 at two seeds), so the interval is shown, not used to declare ties.
+    interval is wider than that (t = 12.7 at two seeds), so the interval is shown, not used to declare ties. When no
+    row beats the majority class, there is nothing to choose between on quality, and the sentence says so.
     """
     metric, higher = PRIMARY[task]
     ranked = [r for r in rank(rows, task) if not r.baseline]
     if not ranked:
         return "No peftkit runs finished; nothing to recommend."
     best = ranked[0]
+    if not learned(best, task, majority):
+        return (
+            f"No method is recommended: none beat the majority-class {metric} ({majority:.3f}) by more than "
+            f"{TIE:.2f} (best: {best.name}, {best.metrics[metric].mean:.3f}), so at this budget the quality columns "
+            "do not separate the methods; raise the budget (--max-train-rows, --epochs) before choosing. "
+            "The speed and memory columns stand as measured."
+        )
     tol = TIE
     tied = [r for r in ranked if abs(r.metrics[metric].mean - best.metrics[metric].mean) <= tol]
     pick = max(tied, key=lambda r: (r.samples_per_second.mean, -r.trainable_params))
@@ -159,11 +179,15 @@ class Goal:
     goal: str
     target: str
     measured: str
-    met: bool | None  # None: the runs needed are missing
+    met: bool | None  # None: not judged (the reference itself learned nothing)
 
 
-def goals(rows: list[Row], task: str) -> list[Goal]:
-    """The issue's goals, each checked against the measured rows (only where the needed rows exist)."""
+def goals(rows: list[Row], task: str, majority: float | None = None) -> list[Goal]:
+    """The issue's goals, each checked against the measured rows (only where the needed rows exist).
+
+    "Within 1 point of full fine-tuning" is not judged when full fine-tuning itself did not beat the majority class:
+    matching a model that learned nothing says nothing about the method.
+    """
     metric, higher = PRIMARY[task]
     by = {(r.method, r.quant): r for r in rows}
     out = []
@@ -195,13 +219,20 @@ def goals(rows: list[Row], task: str) -> list[Goal]:
         if full and (r := by.get((name, "none"))):
             gap = full.metrics[metric].mean - r.metrics[metric].mean  # how far the method is behind full
             gap = gap if higher else -gap  # an error metric (MAE): behind means higher
+            measured = (
+                f"{r.metrics[metric].mean - full.metrics[metric].mean:+.3f} {metric} "
+                f"({r.metrics[metric].mean:.3f} vs {full.metrics[metric].mean:.3f}), "
+                f"{r.trainable_percent:.2f}% trainable"
+            )
+            judged = learned(full, task, majority)
+            if not judged:
+                measured += f"; full fine-tuning did not beat the majority class ({majority:.3f})"
             out.append(
                 Goal(
                     f"{name} vs full fine-tuning",
                     "within 1 point, ≤ 1% trainable",
-                    f"{r.metrics[metric].mean - full.metrics[metric].mean:+.3f} {metric} ({r.metrics[metric].mean:.3f} vs {full.metrics[metric].mean:.3f}), "
-                    f"{r.trainable_percent:.2f}% trainable",
-                    gap <= 0.01 and r.trainable_percent <= 1.0,
+                    measured,
+                    (gap <= 0.01 and r.trainable_percent <= 1.0) if judged else None,
                 )
             )
     for r in rows:
@@ -221,7 +252,8 @@ def goals(rows: list[Row], task: str) -> list[Goal]:
 
 
 def _mb(n: float) -> str:
-    return f"{n / 2**20:.1f} MB" if n < 2**30 else f"{n / 2**30:.2f} GB"
+    """Decimal units, as `peftkit doctor` and `du --si` print them."""
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
 
 
 # --- rendering ------------------------------------------------------------------------------------------------
@@ -267,6 +299,7 @@ def report_data(plan: ComparePlan, records: list[dict], failures: list[dict]) ->
     task = plan.config["task"]
     rows = build_rows(records)
     first = records[0] if records else {}
+    majority = first.get("metrics", {}).get(f"majority_{PRIMARY[task][0]}")
     return {
         "recipe": plan.recipe,
         "task": task,
@@ -278,11 +311,11 @@ def report_data(plan: ComparePlan, records: list[dict], failures: list[dict]) ->
         "device": first.get("device"),
         "versions": first.get("versions"),
         "runs": len(records),
-        "majority": first.get("metrics", {}).get(f"majority_{PRIMARY[task][0]}"),
+        "majority": majority,
         "failures": failures,
         "ranking": [asdict(r) | {"name": r.name} for r in rank(rows, task)],
-        "recommendation": recommend(rows, task),
-        "goals": [asdict(g) for g in goals(rows, task)],
+        "recommendation": recommend(rows, task, majority),
+        "goals": [asdict(g) for g in goals(rows, task, majority)],
         "matmul_peak_flops": float(np.median([r["flops"]["matmul_peak_per_second"] for r in records]))
         if records
         else None,
@@ -301,7 +334,7 @@ def print_table(data: dict, rows: list[Row], console) -> None:
     console.print(table)
     console.print(data["recommendation"].replace("**", ""), highlight=False)
     for g in data["goals"]:
-        mark = {True: "[green]met[/]", False: "[red]short[/]", None: "?"}[g["met"]]
+        mark = {True: "[green]met[/]", False: "[red]short[/]", None: "[yellow]not judged[/]"}[g["met"]]
         console.print(f"  goal {g['goal']} ({g['target']}): {g['measured']} {mark}", highlight=False)
 
 
@@ -376,7 +409,7 @@ def markdown(data: dict, rows: list[Row], commands: list[str]) -> str:
 
 
 def _yes(met: bool | None) -> str:
-    return {True: "yes", False: "**no**", None: "?"}[met]
+    return {True: "yes", False: "**no**", None: "not judged"}[met]
 
 
 def charts(rows: list[Row], task: str, folder: Path) -> list[Path]:
