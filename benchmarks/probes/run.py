@@ -1,8 +1,10 @@
 """How much the packaged bases can give on the real reviews before any adapter: logistic regression on frozen
 features (pooler / last token / mean pooling), next to a character n-gram TF-IDF model that needs no base at all.
 
-    python benchmarks/probes/run.py --model minilm-l6 --rows 3000 --eval-rows 1000 --max-length 128
-    python benchmarks/probes/run.py --model smollm2-135m --rows 1500 --eval-rows 500 --max-length 64
+    python benchmarks/probes/run.py --model minilm-l6 --rows 3000 --eval-rows 1000 --max-length 128 \
+        --out benchmarks/probes/results/minilm-l6.json
+    python benchmarks/probes/run.py --model smollm2-135m --rows 1500 --eval-rows 500 --max-length 64 \
+        --out benchmarks/probes/results/smollm2-135m.json
 
 A probe far below TF-IDF says the base, not the adapter method, is what limits accuracy on this data.
 """
