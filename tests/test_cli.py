@@ -384,3 +384,26 @@ def test_inspect_shows_an_export(trained_adapter, tmp_path):
     assert "adapter_model.safetensors" in info["files"] and "head.safetensors" in info["files"]
     human = invoke(["inspect", str(out)]).stdout
     assert "target peft-lora" in human and "lora" in human
+
+
+@pytest.mark.parametrize("command", ["train", "doctor"])
+def test_every_shared_run_flag_reaches_the_config(command):
+    """`train` and `doctor` hand their parameters to `flag_overrides` by name: a flag that one of them lacks, or
+    a parameter renamed so it no longer matches, would be dropped without a word."""
+    import inspect
+
+    from peftkit.cli.doctor import doctor
+    from peftkit.cli.options import flag_overrides, run_overrides
+    from peftkit.cli.train import train
+
+    shared = set(inspect.signature(run_overrides).parameters)
+    params = set(inspect.signature({"train": train, "doctor": doctor}[command]).parameters)
+    assert shared <= params, sorted(shared - params)
+    assert flag_overrides(
+        {"lr": 0.5, "max_steps": 3, "labels": "a, b", "set_": ["method.r=4"], "json_": True}
+    ) == {
+        "train.lr": 0.5,
+        "train.max_steps": 3,
+        "data.labels": ["a", "b"],
+        "method.r": 4,
+    }

@@ -32,7 +32,7 @@ from peftkit.cli.options import (
     TemplateOpt,
     TextColumnOpt,
     WarmStartOpt,
-    run_overrides,
+    flag_overrides,
 )
 from peftkit.cli.train import DEFAULT_RECIPE
 
@@ -100,30 +100,7 @@ def doctor(
     if recipe is None and data is None:
         recipe = DEFAULT_RECIPE
     try:
-        overrides = run_overrides(
-            model=model,
-            method=method,
-            data=data,
-            eval_data=eval_data,
-            text_column=text_column,
-            template=template,
-            label_column=label_column,
-            task=task,
-            labels=labels,
-            quant=quant,
-            epochs=epochs,
-            max_steps=max_steps,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            max_length=max_length,
-            report_to=report_to,
-            segment_column=segment_column,
-            min_segment_rows=min_segment_rows,
-            warm_start=warm_start,
-            fallback=fallback,
-            set_=set_,
-        )
+        overrides = flag_overrides(locals())
         if output is not None:
             overrides["output"] = str(output)
         cfg = load_config(recipe_path(recipe) if recipe else None, overrides)

@@ -129,3 +129,15 @@ def run_overrides(
         "segments.fallback": fallback.value if fallback else None,
     }
     return {k: v for k, v in flags.items() if v is not None} | parse_set(set_ or [])
+
+
+def flag_overrides(params: dict) -> dict:
+    """`run_overrides` from a command's parameters: pass `locals()` before binding any local named like a flag.
+
+    `train` and `doctor` take the same two dozen flags (typer reads them from each signature, so the signatures
+    must list them); this picks the shared ones by name so the list is not written out again at every call.
+    """
+    import inspect
+
+    shared = inspect.signature(run_overrides).parameters
+    return run_overrides(**{name: value for name, value in params.items() if name in shared})
