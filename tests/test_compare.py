@@ -61,6 +61,8 @@ def test_every_run_is_recorded_once_with_its_measurements(compared):
     t = lora["train"]
     assert 0 < t["real_tokens"] <= t["padded_tokens"]
     assert lora["flops"]["factor"] == 4 and full["flops"]["factor"] == 6
+    # both rows count the same base's matmuls: LoRA's adapters are left out, full's embeddings too
+    assert lora["flops"]["non_embedding_params"] == full["flops"]["non_embedding_params"]
     assert lora["flops"]["real_per_second"] == pytest.approx(
         4 * lora["flops"]["non_embedding_params"] * t["real_tokens"] / t["seconds"]
     )

@@ -109,8 +109,15 @@ def main() -> None:
     p.add_argument(
         "--no-text-only", action="store_true", help="skip the text-only adapter (halves the run time)"
     )
+    p.add_argument(
+        "--text-only",
+        action="store_true",
+        help="run only the text-only adapter (fills that column where text + fields is already committed)",
+    )
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
+    if args.text_only and args.no_text_only:
+        p.error("--text-only and --no-text-only leave nothing to run: pick one")
     quiet_libraries()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,7 +134,7 @@ def main() -> None:
                 "train_rows": len(splits.train_texts),
                 "eval_rows": len(splits.eval_texts),
                 "tabular_numeric_only": tabular_baseline(cfg, splits),
-                "adapter_text_and_fields": adapter_run(recipe, f"{tmp}/{name}-full"),
+                "adapter_text_and_fields": None if args.text_only else adapter_run(recipe, f"{tmp}/{name}-full"),
                 "adapter_text_only": None
                 if args.no_text_only
                 else adapter_run(recipe, f"{tmp}/{name}-text", **{"data.template": "{text}"}),
@@ -142,10 +149,13 @@ def main() -> None:
     for r in results:
         k = key[r["kind"]]
         base = r["tabular_numeric_only"].get("majority_accuracy", float("nan"))
-        full, text = r["adapter_text_and_fields"], r["adapter_text_only"] or {"metrics": {k: float("nan")}}
+        missing = {"metrics": {k: float("nan")}}
+        full = r["adapter_text_and_fields"] or missing
+        text = r["adapter_text_only"] or missing
+        sizes = r["adapter_text_and_fields"] or r["adapter_text_only"]
         print(
             f"{r['task']:<24}{k:>10}{base:>9.3f}{r['tabular_numeric_only'][k]:>9.3f}{full['metrics'][k]:>9.3f}"
-            f"{text['metrics'][k]:>8.3f}{full['trainable_params']:>9,}{full['adapter_bytes'] / 1e6:>6.2f}"
+            f"{text['metrics'][k]:>8.3f}{sizes['trainable_params']:>9,}{sizes['adapter_bytes'] / 1e6:>6.2f}"
         )
 
 
