@@ -134,7 +134,9 @@ def main() -> None:
                 "train_rows": len(splits.train_texts),
                 "eval_rows": len(splits.eval_texts),
                 "tabular_numeric_only": tabular_baseline(cfg, splits),
-                "adapter_text_and_fields": None if args.text_only else adapter_run(recipe, f"{tmp}/{name}-full"),
+                "adapter_text_and_fields": None
+                if args.text_only
+                else adapter_run(recipe, f"{tmp}/{name}-full"),
                 "adapter_text_only": None
                 if args.no_text_only
                 else adapter_run(recipe, f"{tmp}/{name}-text", **{"data.template": "{text}"}),
