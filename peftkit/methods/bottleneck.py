@@ -22,11 +22,17 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from peftkit.errors import PeftkitError
+from peftkit.methods._own import (
+    CONFIG_NAME,
+    DEFAULT_ADAPTER,
+    WEIGHTS_NAME,
+    find_module,
+    head_params,
+    head_tensors,
+    read_weights,
+    set_head,
+)
 from peftkit.methods.base import MethodContext, MethodOptions, MethodSpec
-
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-DEFAULT_ADAPTER = "default"
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 # model_type -> (attention-output Linear, MLP-output Linear), as regexes over the full module name.
@@ -168,15 +174,8 @@ def resolve_targets(model: nn.Module, opts: BottleneckOptions, model_type: str, 
     return names
 
 
-def _find(model: nn.Module, name: str, what: str) -> nn.Module:
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        raise PeftkitError(f"{what} {name!r} does not exist in this base model") from None
-
-
 def _linears(model: nn.Module, names) -> dict[str, nn.Linear]:
-    layers = {name: _find(model, name, "adapted module") for name in names}
+    layers = {name: find_module(model, name, "adapted module") for name in names}
     for name, layer in layers.items():
         if not isinstance(layer, nn.Linear):
             raise PeftkitError(f"adapted module {name!r} is a {type(layer).__name__}, not a Linear layer")
@@ -191,19 +190,6 @@ def _insert(model: nn.Module, layers: dict[str, nn.Linear], opts: BottleneckOpti
         setattr(model.get_submodule(parent), child, wrapper)
 
 
-def _head_params(model: nn.Module, head_names) -> dict[str, nn.Parameter]:
-    params = {}
-    for head in head_names:
-        for n, p in _find(model, head, "task head").named_parameters():
-            if not p.is_floating_point():
-                raise PeftkitError(
-                    f"task head parameter {head}.{n} is {p.dtype}: keep the head unquantized "
-                    f"(BitsAndBytesConfig(llm_int8_skip_modules=[{head!r}]))"
-                )
-            params[f"{head}.{n}"] = p
-    return params
-
-
 def _saved_params(model: BottleneckModel, adapter: str = DEFAULT_ADAPTER) -> dict[str, nn.Parameter]:
     """Adapter `adapter`'s parameters and the head's, keyed as in the file: by their path in the HF model, with the
     adapter always called ``default`` there (``...down_proj.adapters.default.up.bias``), whatever its name in memory.
@@ -212,7 +198,7 @@ def _saved_params(model: BottleneckModel, adapter: str = DEFAULT_ADAPTER) -> dic
     for name in model.adapted_modules:
         for n, p in model.model.get_submodule(name).adapters[adapter].named_parameters():
             params[f"{name}.adapters.{DEFAULT_ADAPTER}.{n}"] = p
-    params.update(_head_params(model.model, model.head_names))
+    params.update(head_params(model.model, model.head_names))
     return params
 
 
@@ -220,7 +206,7 @@ def apply(base: nn.Module, opts: BottleneckOptions, ctx: MethodContext) -> Bottl
     if any(isinstance(m, BottleneckLayer) for m in base.modules()):
         raise PeftkitError("this model already has bottleneck adapters")
     layers = _linears(base, resolve_targets(base, opts, ctx.model_type, ctx.head_names))
-    heads = _head_params(base, ctx.head_names)  # all checks done before the model is changed
+    heads = head_params(base, ctx.head_names)  # all checks done before the model is changed
     base.requires_grad_(False)
     _insert(base, layers, opts, DEFAULT_ADAPTER)
     for p in heads.values():
@@ -257,19 +243,6 @@ def _read_config(folder: Path) -> dict:
     return config
 
 
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if not (folder / WEIGHTS_NAME).is_file():
-        if (folder / "adapter_model.bin").is_file():
-            raise PeftkitError(
-                f"{folder} holds adapter_model.bin, a pickle: peftkit loads adapters from {WEIGHTS_NAME} only "
-                "(unpickling can run arbitrary code)"
-            )
-        raise PeftkitError(f"{folder} has no {WEIGHTS_NAME}")
-    return load_file(str(folder / WEIGHTS_NAME))
-
-
 def _copy_weights(
     model: BottleneckModel, adapter: str, tensors: dict[str, torch.Tensor], folder: Path
 ) -> None:
@@ -289,13 +262,9 @@ def _copy_weights(
             p.copy_(tensors[key])
 
 
-def _head_tensors(model: BottleneckModel) -> dict[str, torch.Tensor]:
-    return {k: p.detach().clone() for k, p in _head_params(model.model, model.head_names).items()}
-
-
 def attach(base: nn.Module, folder: Path, name: str = DEFAULT_ADAPTER) -> BottleneckModel:
     folder = Path(folder)
-    tensors = _read_weights(folder)
+    tensors = read_weights(folder)
     config = _read_config(folder)
     opts = BottleneckOptions.model_validate(config["options"])
     if (base_type := getattr(base.config, "model_type", None)) != config["model_type"]:
@@ -303,12 +272,12 @@ def attach(base: nn.Module, folder: Path, name: str = DEFAULT_ADAPTER) -> Bottle
             f"{folder} was trained on a {config['model_type']!r} model, this base is {base_type!r}"
         )
     layers = _linears(base, config["adapted_modules"])
-    _head_params(base, config["head_names"])  # all checks done before the model is changed
+    head_params(base, config["head_names"])  # all checks done before the model is changed
     _insert(base, layers, opts, name)
     model = BottleneckModel(base, opts, config["head_names"], config["adapted_modules"])
     model.active_adapter = name
     _copy_weights(model, name, tensors, folder)
-    model.head_weights[name] = _head_tensors(model)
+    model.head_weights[name] = head_tensors(model.model, model.head_names)
     model.requires_grad_(False)
     return model.eval()
 
@@ -316,7 +285,7 @@ def attach(base: nn.Module, folder: Path, name: str = DEFAULT_ADAPTER) -> Bottle
 def load_adapter(model: BottleneckModel, folder: Path, name: str) -> None:
     """Add the adapter in `folder` under `name`, beside those already loaded; the active one does not change."""
     folder = Path(folder)
-    tensors = _read_weights(folder)
+    tensors = read_weights(folder)
     config = _read_config(folder)
     if (
         tuple(config["adapted_modules"]) != model.adapted_modules
@@ -329,27 +298,21 @@ def load_adapter(model: BottleneckModel, folder: Path, name: str) -> None:
         raise PeftkitError(f"an adapter named {name!r} is already loaded")
     opts = BottleneckOptions.model_validate(config["options"])
     layers = [model.model.get_submodule(m) for m in model.adapted_modules]
-    active_head = _head_tensors(model)
+    active_head = head_tensors(model.model, model.head_names)
     for layer in layers:
         layer.adapters[name] = BottleneckAdapter(
             layer.base_layer.out_features, opts.bottleneck_dim, opts.non_linearity
         ).to(device=layer.base_layer.weight.device, dtype=torch.float32)
     try:
         _copy_weights(model, name, tensors, folder)  # also writes the head: restored below
-        model.head_weights[name] = _head_tensors(model)
+        model.head_weights[name] = head_tensors(model.model, model.head_names)
     except PeftkitError:
         for layer in layers:
             del layer.adapters[name]
         raise
     finally:
-        _set_head(model, active_head)
+        set_head(model.model, model.head_names, active_head)
     model.requires_grad_(False)
-
-
-def _set_head(model: BottleneckModel, tensors: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for key, p in _head_params(model.model, model.head_names).items():
-            p.copy_(tensors[key])
 
 
 def set_adapter(model: BottleneckModel, name: str) -> None:
@@ -357,7 +320,7 @@ def set_adapter(model: BottleneckModel, name: str) -> None:
         raise PeftkitError(f"no adapter named {name!r} is loaded (loaded: {', '.join(model.head_weights)})")
     for module in model.adapted_modules:
         model.model.get_submodule(module).active_adapter = name
-    _set_head(model, model.head_weights[name])
+    set_head(model.model, model.head_names, model.head_weights[name])
     model.active_adapter = name
 
 
@@ -375,7 +338,7 @@ def delete_adapter(model: BottleneckModel, name: str) -> None:
 def warm_start(model: BottleneckModel, folder: Path) -> None:
     """Start the freshly applied adapter and head from a saved adapter with the same placement and width."""
     folder = Path(folder)
-    _copy_weights(model, model.active_adapter, _read_weights(folder), folder)
+    _copy_weights(model, model.active_adapter, read_weights(folder), folder)
 
 
 def describe(folder: Path) -> dict:
