@@ -95,11 +95,17 @@ def make_trainer(model, args, dataset, tokenizer, task, spec, callbacks):
             spec.save(self.accelerator.unwrap_model(self.model), Path(output_dir or self.args.output_dir))
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            if spec.peft_native:
-                return super()._load_from_checkpoint(resume_from_checkpoint, model)
-            from safetensors.torch import load_file
+            from peft import PeftModel
 
             target = self.accelerator.unwrap_model(model or self.model)
+            if isinstance(target, PeftModel):
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            if (
+                spec.warm_start is not None
+            ):  # peftkit's own methods restore adapter and head with their checks
+                return spec.warm_start(target, Path(resume_from_checkpoint))
+            from safetensors.torch import load_file
+
             inner = getattr(target, "model", target)
             result = inner.load_state_dict(
                 load_file(str(Path(resume_from_checkpoint) / "adapter_model.safetensors")), strict=False
