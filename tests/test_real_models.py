@@ -54,10 +54,8 @@ def test_train_reload_predict(model, method, quant, tmp_path, real_cache, monkey
     )
     result = train(cfg, progress=False)
     reloaded = peftkit.load(str(out))
-    atol = (
-        1e-6 if method == "adalora" else 0
-    )  # AdaLoRA's pruned ranks are cut on save: same maths, other sum order
-    np.testing.assert_allclose(reloaded.logits(PROBE), result.predictor.logits(PROBE), rtol=0, atol=atol)
+    # AdaLoRA included: training ends by cutting the pruned ranks in memory, as the saved folder has them.
+    np.testing.assert_array_equal(reloaded.logits(PROBE), result.predictor.logits(PROBE))
     assert result.manifest["base"]["name"] == model and result.manifest["quant"] == quant
 
     pd.DataFrame({"text": PROBE}).to_csv(tmp_path / "new.csv", index=False)
