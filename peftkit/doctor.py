@@ -71,7 +71,7 @@ class Check:
     """One row of the report.
 
     Attributes:
-        name: what was checked (``versions``, ``device``, ``quant``, ``config``, ``model``, ``data``, ``method``,
+        name: what was checked (``versions``, ``lock``, ``device``, ``quant``, ``config``, ``model``, ``data``, ``method``,
             ``adalora schedule``, ``segments``, ``output``, ``disk``).
         status: ``ok``, ``warn`` (the run starts but something is likely wrong or wasteful) or ``fail`` (the run
             would stop with an error, or cannot start).
@@ -128,7 +128,7 @@ def run_checks(
         One `Check` per row, in a fixed order; checks that do not apply (AdaLoRA's schedule for another method,
         segments without ``segments:``) are left out.
     """
-    checks = [_guard("versions", check_versions), _guard("device", check_device)]
+    checks = [_guard("versions", check_versions), _guard("lock", check_lock), _guard("device", check_device)]
     if isinstance(cfg_or_error, BaseException):
         checks.append(Check("config", FAIL, _one_line(cfg_or_error), _FIXES["config"]))
         return checks
@@ -221,6 +221,24 @@ def check_versions() -> Check:
             "install the declared versions (pip install -e . in the repo) before trusting results",
         )
     return Check("versions", OK, detail)
+
+
+def check_lock() -> Check:
+    """Installed versions against the lock the tests passed on (lock/requirements.txt)."""
+    from peftkit.lock import drift
+
+    result = drift()
+    if result.lock is None:
+        return Check("lock", WARN, "no lock file beside this install: versions cannot be compared", "")
+    if result.matches:
+        return Check("lock", OK, f"all {result.checked} locked packages at their locked versions")
+    return Check(
+        "lock",
+        WARN,
+        f"{len(result.differs)} of {result.checked} packages differ from the lock: {result.summary()}",
+        "make setup installs the locked versions (or: pip install --no-deps --require-hashes -r "
+        f"{result.lock}); results made on other versions may differ",
+    )
 
 
 def _peftkit_version() -> str:

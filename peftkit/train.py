@@ -22,6 +22,7 @@ from peftkit.adapter import FORMAT_VERSION, check_output, package_versions, save
 from peftkit.config import RunConfig
 from peftkit.data import Splits, load_splits
 from peftkit.errors import NonFiniteLossError, PeftkitError
+from peftkit.lock import drift as lock_drift
 from peftkit.methods import METHODS, MethodContext
 from peftkit.predictor import Predictor
 from peftkit.tasks import TASKS
@@ -240,6 +241,7 @@ def _manifest(cfg: RunConfig, run: _Run, splits, metrics: dict, speed: dict) -> 
         "train": speed,
         "config": cfg.model_dump(mode="json"),
         "versions": package_versions(),
+        "versions_vs_lock": lock_drift().to_json(),  # which installed versions differ from the tested lock
     }
 
 

@@ -24,6 +24,15 @@ from peftkit.methods import METHODS
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 
 
+@pytest.fixture(autouse=True)
+def _locked_environment(monkeypatch):
+    """These tests are about the run being checked, not the machine: the lock row sees a matching environment (under
+    `make upgrade` it would warn). The lock row itself is tested in test_lock.py."""
+    import peftkit.lock
+
+    monkeypatch.setattr(peftkit.lock, "drift", lambda lock=None: peftkit.lock.Drift(Path("lock"), 1, {}))
+
+
 def config(tiny_models, data: Path, out: Path, **overrides):
     """A tiny-bert run on `data`: 108 training rows of intent_csv, 7 optimizer steps an epoch at batch 16."""
     base = {
@@ -75,6 +84,7 @@ def test_clean_config_passes_every_check(tiny_models, intent_csv, tmp_path):
     assert not has_failures(checks), [c for c in checks if c.status != OK]
     assert [c.name for c in checks] == [
         "versions",
+        "lock",
         "device",
         "quant",
         "config",
@@ -202,7 +212,7 @@ def test_prefix_with_gradient_checkpointing_is_a_failed_config_row(tiny_models, 
             **{"method.name": "prefix", "train.gradient_checkpointing": True},
         )
     checks = run_checks(err.value)
-    assert [c.name for c in checks] == ["versions", "device", "config"]
+    assert [c.name for c in checks] == ["versions", "lock", "device", "config"]
     assert checks[-1].status == FAIL and "does not work with gradient checkpointing" in checks[-1].detail
 
 
@@ -418,6 +428,17 @@ def test_cli_missing_data_exits_1_with_the_table(app, tiny_models, tmp_path):
     assert isinstance(result.exception, SystemExit)
     out = result.stdout
     assert "peftkit doctor" in out and "Traceback" not in out + result.stderr
-    for name in ("versions", "device", "quant", "config", "model", "data", "method", "output", "disk"):
+    for name in (
+        "versions",
+        "lock",
+        "device",
+        "quant",
+        "config",
+        "model",
+        "data",
+        "method",
+        "output",
+        "disk",
+    ):
         assert name in out
     assert "does not exist" in out and "1 fail" in out
