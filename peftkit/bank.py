@@ -81,6 +81,11 @@ def adapter_folder_name(value: str) -> str:
     return f"{slug or 'segment'}-{hashlib.sha1(value.encode()).hexdigest()[:8]}"
 
 
+def _own_pooling(pooling: str | None) -> str | None:
+    # cls and last are transformers' own pooling, as is no pooling key at all (folders from before it was a setting)
+    return None if pooling in ("cls", "last") else pooling
+
+
 def check_compatible(bank: dict[str, Any], manifest: dict[str, Any], folder: Path) -> None:
     """Refuse an adapter that cannot share the bank's base and head layout, naming what differs."""
     if manifest["base"]["sha256"] != bank["base"]["sha256"]:
@@ -95,6 +100,11 @@ def check_compatible(bank: dict[str, Any], manifest: dict[str, Any], folder: Pat
                 f"adapter {folder} has {key} {manifest.get(key)!r}, the bank {bank.get(key)!r}; a bank holds "
                 "adapters of one method and task with the same labels"
             )
+    if _own_pooling(manifest.get("pooling")) != _own_pooling(bank.get("pooling")):
+        raise PeftkitError(
+            f"adapter {folder} pools with {manifest.get('pooling')!r}, the bank's base with "
+            f"{bank.get('pooling')!r}; a bank's adapters share one base and so one pooling"
+        )
     if manifest["config"]["data"]["max_length"] != bank["max_length"]:
         raise PeftkitError(
             f"adapter {folder} was trained with max_length {manifest['config']['data']['max_length']}, the bank "
@@ -165,6 +175,9 @@ class AdapterBank:
             bank["num_outputs"],
             quant=self.quant,
             dtype=bank["dtype"],
+            pooling=bank.get(
+                "pooling"
+            ),  # absent in banks from before pooling was a setting: transformers' own
             device=self.device,
             pad_token_id=self.tokenizer.pad_token_id,
         )
@@ -523,6 +536,7 @@ def build_bank(
         "num_outputs": first["num_outputs"],
         "quant": first["quant"],
         "dtype": first["config"]["model"]["dtype"],
+        "pooling": first.get("pooling"),
         "max_length": data["max_length"],
         "segment_column": segment_column,
         "fallback": fallback,

@@ -59,6 +59,12 @@ class ModelConfig(_Strict):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="non-quantised weights; auto = bfloat16 on CUDA, float32 on CPU"
     )
+    pooling: Literal["auto", "mean", "cls", "last"] = Field(
+        "auto",
+        description="how the head sees a sequence: mean of token states (what sentence-transformers/E5 encoders "
+        "were trained for), cls ([CLS] + pooler), last (last non-pad token, decoders); auto: what the base's "
+        "folder says (1_Pooling/config.json), else last for decoders and cls for encoders",
+    )
 
 
 class TrainConfig(_Strict):

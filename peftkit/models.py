@@ -194,9 +194,17 @@ def load_tokenizer(base: BaseRef):
 
 
 def load_base(
-    base: BaseRef, num_outputs: int, *, quant: str, dtype: str, device: str, pad_token_id: int | None
+    base: BaseRef,
+    num_outputs: int,
+    *,
+    quant: str,
+    dtype: str,
+    device: str,
+    pad_token_id: int | None,
+    pooling: str | None = None,
 ):
-    """Load `base` as a sequence classifier with a fresh ``num_outputs`` head.
+    """Load `base` as a sequence classifier with a fresh ``num_outputs`` head, pooling as `pooling` says
+    (`peftkit.pooling`; None keeps transformers' own).
 
     Returns:
         (model, head_names): the transformers model and the names of its head modules.
@@ -230,6 +238,9 @@ def load_base(
     else:
         model.to(device)
         model.requires_grad_(False)
+    from peftkit import pooling as poolings
+
+    poolings.apply(model, pooling)
     heads = tuple(n for n in HEAD_NAMES if isinstance(getattr(model, n, None), torch.nn.Module))
     if not heads:
         raise PeftkitError(

@@ -137,6 +137,9 @@ def load_predictor(
         dtype=manifest["config"]["model"]["dtype"],
         device=device,
         pad_token_id=tokenizer.pad_token_id,
+        pooling=manifest.get(
+            "pooling"
+        ),  # absent in manifests from before pooling was a setting: transformers' own
     )
     model = spec.attach(model, folder)
     model.eval()

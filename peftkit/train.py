@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from peftkit import models
+from peftkit import pooling as poolings
 from peftkit.adapter import FORMAT_VERSION, check_output, package_versions, save_with
 from peftkit.config import RunConfig
 from peftkit.data import Splits, load_splits
@@ -162,6 +163,7 @@ class _Run:
     device: str
     total_params: int
     trainable_params: int
+    pooling: str
 
 
 def _setup_model(cfg: RunConfig, splits, init_from: Path | None = None) -> _Run:
@@ -175,6 +177,8 @@ def _setup_model(cfg: RunConfig, splits, init_from: Path | None = None) -> _Run:
     tokenizer = models.load_tokenizer(base)
     device = models.default_device()
     set_seed(cfg.train.seed)  # the fresh head's initial weights depend on it
+    pooling = poolings.resolve(base.folder, base.config, cfg.model.pooling)
+    log.info("pooling: %s%s", pooling, " (model.pooling=auto)" if cfg.model.pooling == "auto" else "")
     model, heads = models.load_base(
         base,
         task.num_outputs(splits.labels),
@@ -182,6 +186,7 @@ def _setup_model(cfg: RunConfig, splits, init_from: Path | None = None) -> _Run:
         dtype=cfg.model.dtype,
         device=device,
         pad_token_id=tokenizer.pad_token_id,
+        pooling=pooling,
     )
     total = sum(p.numel() for p in model.parameters())
     if cfg.train.gradient_checkpointing:
@@ -204,7 +209,7 @@ def _setup_model(cfg: RunConfig, splits, init_from: Path | None = None) -> _Run:
         steps,
         cfg.lr,
     )
-    return _Run(base, tokenizer, model, heads, ctx, world, device, total, trainable)
+    return _Run(base, tokenizer, model, heads, ctx, world, device, total, trainable, pooling)
 
 
 def _manifest(cfg: RunConfig, run: _Run, splits, metrics: dict, speed: dict) -> dict[str, Any]:
@@ -212,6 +217,7 @@ def _manifest(cfg: RunConfig, run: _Run, splits, metrics: dict, speed: dict) -> 
     return {
         "format_version": FORMAT_VERSION,
         "method": spec.name,
+        "pooling": run.pooling,  # resolved from model.pooling; reloads pool the same way
         "peft_native": spec.peft_native,
         "task": cfg.task,
         "labels": splits.labels,
