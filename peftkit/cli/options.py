@@ -27,7 +27,10 @@ RecipeOpt = _opt(
     str,
     "Recipe: a built-in name (peftkit recipes ls) or a YAML file; flags below override it. Without --recipe and --data: the built-in default recipe.",
 )
-ModelOpt = _opt(str, "Base model: smollm2-135m, minilm-l6, a local Hugging Face folder or a .gguf file.")
+ModelOpt = _opt(
+    str,
+    "Base model: smollm2-135m, minilm-l6, multilingual-e5-small, a local Hugging Face folder or a .gguf file.",
+)
 MethodOpt = _opt(Method, f"PEFT method. {_methods_help}.")
 DataOpt = _opt(str, "Training rows: CSV, JSONL or Parquet file, or builtin:reviews.")
 EvalDataOpt = _opt(str, "Held-out rows; default: a seeded split of --data (duplicates removed first).")
