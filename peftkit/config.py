@@ -159,7 +159,7 @@ class RunConfig(_Strict):
         return self.train.lr if self.train.lr is not None else METHODS[self.method.name].default_lr
 
     def default_output(self) -> str:
-        data = "reviews" if self.data.train.startswith("builtin:") else Path(self.data.train).stem
+        data = _data_slug(self.data.train)
         model = (
             Path(self.model.name).stem
             if ("/" in self.model.name or self.model.name.endswith(".gguf"))
@@ -168,6 +168,14 @@ class RunConfig(_Strict):
         if self.segments is not None:
             return str(Path("banks") / f"{data}-{model}-{self.method.name}-by-{self.segments.column}")
         return str(Path("runs") / f"{data}-{model}-{self.method.name}")
+
+
+def _data_slug(train: str) -> str:
+    """``builtin:reviews`` -> ``reviews``, ``builtin:cdnow/churn`` -> ``cdnow-churn``, ``builtin:synth/churn?rows=9``
+    -> ``synth-churn`` (each built-in set gets its own default folder), ``data/x.csv`` -> ``x``."""
+    if train.startswith("builtin:"):
+        return train.removeprefix("builtin:").partition("?")[0].replace("/", "-")
+    return Path(train).stem
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
