@@ -45,11 +45,12 @@ class Splits:
     ``train_labels``/``eval_labels`` are indices into ``labels`` (classification, ordinal) or floats (regression,
     where ``labels`` is None). ``train_frame``/``eval_frame`` are the kept rows with all their original columns,
     row ``i`` matching text and label ``i``. ``stats`` says what happened to the rows: ``sources``, ``split``
-    (``file``, ``stratified``, ``random`` or ``grouped``), ``groups`` (with ``data.group_column``: distinct groups
-    per side) and ``eval_group_rows_dropped`` (eval-file rows whose group is also in train), per-side (``{"train": n, "eval": n}``) ``rows_read``,
+    (``file``, ``stratified``, ``random`` or ``grouped``); per side (``{"train": n, "eval": n}``) ``rows_read``,
     ``duplicates_removed``, ``conflicting_texts_removed``, ``conflicting_rows_removed`` and ``subsampled_away``;
-    ``eval_rows_leaked`` (eval-file rows whose text is in train; dropped unless ``data.deduplicate`` is false), ``train_rows``, ``eval_rows``, and
-    ``label_counts`` (classification/ordinal) or ``label_summary`` (regression: min, mean, max) per side.
+    ``eval_rows_leaked`` (eval-file rows whose text is in train; dropped unless ``data.deduplicate`` is false),
+    ``train_rows``, ``eval_rows``, and ``label_counts`` (classification/ordinal) or ``label_summary`` (regression:
+    min, mean, max) per side. With ``data.group_column``: ``groups`` (distinct groups per side) and, with an eval
+    file, ``eval_group_rows_dropped`` (eval rows whose group is also in train).
     """
 
     train_texts: list[str]
