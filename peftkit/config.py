@@ -33,7 +33,11 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where the rows come from and how a row becomes text and a label."""
 
-    train: str = Field("builtin:reviews", description="CSV/JSONL/Parquet file, or builtin:reviews")
+    train: str = Field(
+        "builtin:reviews",
+        description="CSV/JSONL/Parquet file, or packaged data: builtin:reviews, builtin:cdnow/churn|value|conversion, "
+        "builtin:amazon-snippets[/polar], builtin:synth/<task> (docs/data.md)",
+    )
     eval: str | None = Field(None, description="held-out file; default: a seeded split of `train`")
     text_column: str = "text"
     label_column: str = "label"
@@ -49,6 +53,18 @@ class DataConfig(_Strict):
     )
     max_eval_rows: int | None = Field(None, gt=0, description="seeded subsample of the eval rows")
     max_length: int = Field(128, gt=0, description="tokens kept per row; longer rows are truncated")
+    group_column: str | None = Field(
+        None,
+        min_length=1,
+        description="rows sharing a value here (the review a sentence comes from, a customer) stay on one side of "
+        "the train/eval split; the held-out side is whole groups",
+    )
+    deduplicate: bool = Field(
+        True,
+        description="drop repeated texts (and texts seen with two labels) before splitting; false where each row "
+        "is a different entity whose text serialises its fields (one row per customer), so equal texts are "
+        "different customers",
+    )
 
 
 class ModelConfig(_Strict):
@@ -150,7 +166,7 @@ class RunConfig(_Strict):
         return self.train.lr if self.train.lr is not None else METHODS[self.method.name].default_lr
 
     def default_output(self) -> str:
-        data = "reviews" if self.data.train.startswith("builtin:") else Path(self.data.train).stem
+        data = _data_slug(self.data.train)
         model = (
             Path(self.model.name).stem
             if ("/" in self.model.name or self.model.name.endswith(".gguf"))
@@ -159,6 +175,14 @@ class RunConfig(_Strict):
         if self.segments is not None:
             return str(Path("banks") / f"{data}-{model}-{self.method.name}-by-{self.segments.column}")
         return str(Path("runs") / f"{data}-{model}-{self.method.name}")
+
+
+def _data_slug(train: str) -> str:
+    """``builtin:reviews`` -> ``reviews``, ``builtin:cdnow/churn`` -> ``cdnow-churn``, ``builtin:synth/churn?rows=9``
+    -> ``synth-churn`` (each built-in set gets its own default folder), ``data/x.csv`` -> ``x``."""
+    if train.startswith("builtin:"):
+        return train.removeprefix("builtin:").partition("?")[0].replace("/", "-")
+    return Path(train).stem
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:

@@ -7,7 +7,9 @@ them check behaviour (what trains, what reloads, what is refused), not accuracy.
 from __future__ import annotations
 
 import importlib.util
+import os
 import random
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -123,7 +125,20 @@ def intent_csv(tmp_path) -> Path:
     return path
 
 
+# Data that set-up fetched into the user's cache (the Amazon sentences, `python -m peftkit.data.fetch_vader`), read
+# here, at import, before any test points PEFTKIT_CACHE elsewhere.
+USER_DATA = Path(os.environ.get("PEFTKIT_CACHE", Path.home() / ".cache" / "peftkit")) / "data"
+
+
+def seed_data(cache: Path) -> Path:
+    """Copy the fetched data into a test cache, as set-up leaves it in the user's (a copy: tests never write there)."""
+    if USER_DATA.is_dir() and not (cache / "data").exists():
+        shutil.copytree(USER_DATA, cache / "data")
+    return cache
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Hash index and GGUF conversions of tests go to a per-session cache, not the user's."""
-    monkeypatch.setenv("PEFTKIT_CACHE", str(tmp_path_factory.getbasetemp() / "peftkit-cache"))
+    """Hash index and GGUF conversions of tests go to a per-session cache, not the user's; fetched data is copied."""
+    cache = seed_data(tmp_path_factory.getbasetemp() / "peftkit-cache")
+    monkeypatch.setenv("PEFTKIT_CACHE", str(cache))

@@ -103,7 +103,8 @@ def test_read_errors_name_the_file(tmp_path):
         read_table(str(tmp_path / "none.parquet"))
     with pytest.raises(
         PeftkitError,
-        match=r"unknown built-in data 'builtin:tweets'; use builtin:reviews or builtin:synth/<task>",
+        match=r"unknown built-in data 'builtin:tweets'; use one of builtin:reviews, builtin:cdnow/churn, .* "
+        r"or builtin:synth/<task>",
     ):
         read_table("builtin:tweets")
 

@@ -19,6 +19,7 @@ from peftkit.config import load_config
 from peftkit.methods import METHODS
 from peftkit.segments import train_bank
 from peftkit.train import train
+from tests.conftest import seed_data
 
 pytestmark = pytest.mark.slow
 PROBE = ["这台电脑散热很好", "房间太小了", "这本书值得一读", "服务员态度很差，不会再来"]
@@ -26,8 +27,8 @@ PROBE = ["这台电脑散热很好", "房间太小了", "这本书值得一读",
 
 @pytest.fixture(scope="module")
 def real_cache(tmp_path_factory):
-    # One cache for the module, so SmolLM2's GGUF is converted once (~20 s), not per test.
-    return tmp_path_factory.mktemp("real-cache")
+    # One cache for the module, so SmolLM2's GGUF is converted once (~20 s), not per test; with the fetched data.
+    return seed_data(tmp_path_factory.mktemp("real-cache"))
 
 
 @pytest.mark.parametrize("quant", ["none", pytest.param("8bit", marks=pytest.mark.bnb)])

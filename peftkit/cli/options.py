@@ -32,7 +32,11 @@ ModelOpt = _opt(
     "Base model: smollm2-135m, minilm-l6, multilingual-e5-small, a local Hugging Face folder or a .gguf file.",
 )
 MethodOpt = _opt(Method, f"PEFT method. {_methods_help}.")
-DataOpt = _opt(str, "Training rows: CSV, JSONL or Parquet file, or builtin:reviews.")
+DataOpt = _opt(
+    str,
+    "Training rows: CSV, JSONL or Parquet file, or packaged data: builtin:reviews, builtin:cdnow/churn (value, "
+    "conversion), builtin:amazon-snippets[/polar], builtin:synth/<task> (docs/data.md).",
+)
 EvalDataOpt = _opt(str, "Held-out rows; default: a seeded split of --data (duplicates removed first).")
 TextColumnOpt = _opt(str, "Column holding the text.")
 TemplateOpt = _opt(

