@@ -45,6 +45,10 @@ def config(tiny_models, data: Path, out: Path, **overrides):
     return load_config(None, base | overrides)
 
 
+# The report's rows for a valid config, in order (AdaLoRA's schedule and segments only appear when they apply).
+ROWS = ("versions", "lock", "device", "quant", "config", "model", "data", "method", "output", "disk")
+
+
 def rows(checks) -> dict[str, doctor.Check]:
     return {c.name: c for c in checks}
 
@@ -82,18 +86,7 @@ def tiny_args(tiny_models, data: Path, out: Path) -> list[str]:
 def test_clean_config_passes_every_check(tiny_models, intent_csv, tmp_path):
     checks = run_checks(config(tiny_models, intent_csv, tmp_path / "out"))
     assert not has_failures(checks), [c for c in checks if c.status != OK]
-    assert [c.name for c in checks] == [
-        "versions",
-        "lock",
-        "device",
-        "quant",
-        "config",
-        "model",
-        "data",
-        "method",
-        "output",
-        "disk",
-    ]
+    assert [c.name for c in checks] == list(ROWS)
     by = rows(checks)
     assert "108 train / 12 eval rows" in by["data"].detail
     assert "BertForSequenceClassification" in by["model"].detail
@@ -428,17 +421,6 @@ def test_cli_missing_data_exits_1_with_the_table(app, tiny_models, tmp_path):
     assert isinstance(result.exception, SystemExit)
     out = result.stdout
     assert "peftkit doctor" in out and "Traceback" not in out + result.stderr
-    for name in (
-        "versions",
-        "lock",
-        "device",
-        "quant",
-        "config",
-        "model",
-        "data",
-        "method",
-        "output",
-        "disk",
-    ):
+    for name in ROWS:
         assert name in out
     assert "does not exist" in out and "1 fail" in out
