@@ -15,7 +15,6 @@ CDNOW recipes train on a 2,000/3,000-row subsample; the baselines run on those r
 training-side row ("all rows", the held-out rows unchanged), since a tabular model would be given all of them.
 Value is also scored as a regression of ``future_spend`` on the same rows. 3 seeds: mean and 95% t-interval.
 
-    pip install autograd==1.9.1 dill==0.4.1   # lifetimes' own imports, not in the lock; without them BG/NBD is skipped
     python benchmarks/tasks/real_baselines.py --out benchmarks/tasks/results/real_baselines.json
 """
 
@@ -211,7 +210,7 @@ def lifetimes_ready() -> str | None:
             warnings.simplefilter("ignore")  # a pandas 4 deprecation notice at import, harmless
             import lifetimes  # noqa: F401
     except ImportError as exc:
-        return f"lifetimes cannot be imported ({exc}); pip install autograd==1.9.1 dill==0.4.1 to add BG/NBD"
+        return f"lifetimes cannot be imported ({exc}); run `make setup` (the lock has its autograd and dill) to add BG/NBD"
     return None
 
 
@@ -276,7 +275,7 @@ def main() -> None:
         "bgnbd": "skipped: " + skipped
         if skipped
         else "lifetimes BetaGeoFitter / GammaGammaFitter, penalizer 0",
-        "setup": "make setup; pip install autograd==1.9.1 dill==0.4.1 (lifetimes' own imports, not in the lock)",
+        "setup": "make setup (lifetimes from lock/assets.txt; its autograd and dill from the lock's bench extra)",
         "versions": versions(),
         "seconds": round(time.perf_counter() - started, 1),
         "results": results,
