@@ -105,6 +105,13 @@ def check_compatible(bank: dict[str, Any], manifest: dict[str, Any], folder: Pat
             f"adapter {folder} pools with {manifest.get('pooling')!r}, the bank's base with "
             f"{bank.get('pooling')!r}; a bank's adapters share one base and so one pooling"
         )
+    dtype = manifest.get("dtype") or manifest["config"].get("model", {}).get("dtype", "auto")
+    bank_dtype = bank.get("dtype", "auto")
+    if "auto" not in (dtype, bank_dtype) and dtype != bank_dtype:  # "auto": written before it was resolved
+        raise PeftkitError(
+            f"adapter {folder} was trained over a {dtype} base, the bank's base is {bank_dtype}; a bank's "
+            "adapters share one base, so retrain it with the bank's model.dtype"
+        )
     if manifest["config"]["data"]["max_length"] != bank["max_length"]:
         raise PeftkitError(
             f"adapter {folder} was trained with max_length {manifest['config']['data']['max_length']}, the bank "
@@ -174,7 +181,7 @@ class AdapterBank:
             ref,
             bank["num_outputs"],
             quant=self.quant,
-            dtype=bank["dtype"],
+            dtype=models.stored_dtype(bank["dtype"], self.device),
             pooling=bank.get(
                 "pooling"
             ),  # absent in banks from before pooling was a setting: transformers' own
@@ -535,7 +542,7 @@ def build_bank(
         "labels": first.get("labels"),
         "num_outputs": first["num_outputs"],
         "quant": first["quant"],
-        "dtype": first["config"]["model"]["dtype"],
+        "dtype": first.get("dtype", first["config"]["model"]["dtype"]),
         "pooling": first.get("pooling"),
         "max_length": data["max_length"],
         "segment_column": segment_column,

@@ -74,7 +74,9 @@ class ModelConfig(_Strict):
     )
     quant: Quant = Field("none", description="8bit: LLM.int8 base via bitsandbytes (CPU or CUDA)")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="non-quantised weights; auto = bfloat16 on CUDA, float32 on CPU"
+        "auto",
+        description="the frozen base's weights (adapters and head stay float32); auto = bfloat16 on CUDA and on CPUs "
+        "with bf16 matrix units (AMX-BF16, AVX512-BF16), float32 elsewhere",
     )
     pooling: Literal["auto", "mean", "cls", "last"] = Field(
         "auto",

@@ -302,7 +302,10 @@ def check_quant(facts: _Facts) -> Check:
     """``--quant 8bit``: bitsandbytes installed, a GPU new enough, and its int8 matmul really runs on the device."""
     cfg = facts.cfg
     if cfg.model.quant != "8bit":
-        return Check("quant", OK, f"none (dtype {cfg.model.dtype}): bitsandbytes not needed")
+        from peftkit.models import resolve_dtype
+
+        dtype, why = resolve_dtype(cfg.model.dtype, facts.device)
+        return Check("quant", OK, f"none, base in {dtype} ({why}): bitsandbytes not needed")
     from peftkit.models import _int8_config
 
     try:

@@ -268,6 +268,8 @@ def load_base(
     else:
         model.to(device)
         model.requires_grad_(False)
+        if kwargs["dtype"] != torch.float32:
+            _keep_float32(model)
     from peftkit import pooling as poolings
 
     poolings.apply(model, pooling)
@@ -295,14 +297,66 @@ def _expected_new_head():
             hf_logging.enable_progress_bar()
 
 
+def resolve_dtype(dtype: str, device: str) -> tuple[str, str]:
+    """The dtype a run stores its frozen base in, and why (printed, saved in the manifest, reported by doctor).
+
+    ``auto`` is bfloat16 where the hardware multiplies bf16 natively: CUDA GPUs that support it, and CPUs with AMX or
+    AVX512-BF16 (there bf16 matmuls run several times faster than float32). Elsewhere float32: a CPU without bf16
+    units runs bf16 matmuls through a slow fallback (measured here on AVX2: ~0.3 GFLOP/s against ~165 in float32).
+    Adapters and heads keep float32 weights whatever the base's dtype (`load_base`).
+    """
+    if dtype != "auto":
+        return dtype, f"model.dtype={dtype}"
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_bf16_supported():
+            return "bfloat16", "auto: this GPU computes in bf16"
+        return "float32", "auto: this GPU has no bf16 support"
+    units = cpu_bf16_units()
+    if units:
+        return "bfloat16", f"auto: this CPU has bf16 matrix units ({', '.join(units)})"
+    return "float32", "auto: this CPU has no bf16 matrix units (AMX-BF16 / AVX512-BF16), where bf16 is slower"
+
+
+def cpu_bf16_units() -> list[str]:
+    """The bf16 matrix units this CPU has, as torch sees them (empty: none)."""
+    import torch
+
+    probes = {"AMX-BF16": "_is_amx_tile_supported", "AVX512-BF16": "_is_avx512_bf16_supported"}
+    # Private torch.cpu probes (public API has none); a torch without them counts as no units: float32, the safe side.
+    return [name for name, fn in probes.items() if getattr(torch.cpu, fn, lambda: False)()]
+
+
+def stored_dtype(value: str, device: str) -> str:
+    """The dtype recorded in a manifest or bank file, as a dtype name. Adapters written before the dtype was resolved
+    at training time recorded ``auto``, which then meant bfloat16 on CUDA and float32 on CPU: they keep that."""
+    if value != "auto":
+        return value
+    import torch
+
+    return "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+
+
 def torch_dtype(dtype: str, device: str):
     import torch
 
-    if dtype == "auto":
-        return (
-            torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
-        )
-    return getattr(torch, dtype)
+    return getattr(torch, resolve_dtype(dtype, device)[0])
+
+
+def _keep_float32(model) -> None:
+    """Head and pooler weights in float32 over a bf16 base, casting their inputs up: they are trained (or, for the
+    pooler, feed the head), and AdamW on bf16 weights loses small updates. Training and inference both go through
+    here, so a reloaded adapter computes exactly as it trained."""
+    import torch
+
+    def upcast(_module, args):
+        return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in _KEEP_FULL_PRECISION:  # e.g. classifier, score, bert.pooler
+            module.float()
+            module.register_forward_pre_hook(upcast)
 
 
 def _int8_config(device: str):

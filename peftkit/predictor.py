@@ -134,7 +134,7 @@ def load_predictor(
         ref,
         manifest["num_outputs"],
         quant=quant or manifest["quant"],
-        dtype=manifest["config"]["model"]["dtype"],
+        dtype=models.stored_dtype(manifest.get("dtype", manifest["config"]["model"]["dtype"]), device),
         device=device,
         pad_token_id=tokenizer.pad_token_id,
         pooling=manifest.get(

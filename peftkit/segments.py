@@ -64,6 +64,7 @@ def train_bank(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True
         global_eval_labels = np.asarray(splits.eval_labels)
         bank_base = global_run.manifest["base"]
         bank_pooling = global_run.manifest["pooling"]  # one base, so one pooling for every segment adapter
+        bank_dtype = global_run.manifest["dtype"]  # resolved: the bank serves in what its adapters trained in
         adapters: dict[str, dict[str, Any]] = {GLOBAL: _entry(global_run.manifest, GLOBAL)}
         del global_run  # frees the model before the segment runs load theirs
 
@@ -121,7 +122,7 @@ def train_bank(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True
             "labels": splits.labels,
             "num_outputs": task.num_outputs(splits.labels),
             "quant": cfg.model.quant,
-            "dtype": cfg.model.dtype,
+            "dtype": bank_dtype,
             "pooling": bank_pooling,
             "max_length": cfg.data.max_length,
             "segment_column": seg.column,

@@ -94,7 +94,7 @@ def train(
     ckpt.mkdir(parents=True, exist_ok=True)
     trainer = make_trainer(
         run.model,
-        training_arguments(cfg, ckpt, run.device, progress),
+        training_arguments(cfg, ckpt, run.device, progress, autocast=_needs_autocast(run)),
         encode(run.tokenizer, splits.train_texts, splits.train_labels, cfg),
         run.tokenizer,
         task,
@@ -164,6 +164,7 @@ class _Run:
     total_params: int
     trainable_params: int
     pooling: str
+    dtype: str  # resolved from model.dtype: what the frozen base is stored and computes in
 
 
 def _setup_model(cfg: RunConfig, splits, init_from: Path | None = None) -> _Run:
@@ -172,10 +173,11 @@ def _setup_model(cfg: RunConfig, splits, init_from: Path | None = None) -> _Run:
     from transformers import set_seed
 
     spec, task = METHODS[cfg.method.name], TASKS[cfg.task]
-    log.info("base: %s (%s)", cfg.model.name, "8-bit" if cfg.model.quant == "8bit" else cfg.model.dtype)
     base = models.resolve(cfg.model.name)
     tokenizer = models.load_tokenizer(base)
     device = models.default_device()
+    dtype, why = models.resolve_dtype(cfg.model.dtype, device)
+    log.info("base: %s (%s; %s)", cfg.model.name, "8-bit" if cfg.model.quant == "8bit" else dtype, why)
     set_seed(cfg.train.seed)  # the fresh head's initial weights depend on it
     pooling = poolings.resolve(base.folder, base.config, cfg.model.pooling)
     log.info("pooling: %s%s", pooling, " (model.pooling=auto)" if cfg.model.pooling == "auto" else "")
@@ -183,7 +185,7 @@ def _setup_model(cfg: RunConfig, splits, init_from: Path | None = None) -> _Run:
         base,
         task.num_outputs(splits.labels),
         quant=cfg.model.quant,
-        dtype=cfg.model.dtype,
+        dtype=dtype,
         device=device,
         pad_token_id=tokenizer.pad_token_id,
         pooling=pooling,
@@ -209,7 +211,7 @@ def _setup_model(cfg: RunConfig, splits, init_from: Path | None = None) -> _Run:
         steps,
         cfg.lr,
     )
-    return _Run(base, tokenizer, model, heads, ctx, world, device, total, trainable, pooling)
+    return _Run(base, tokenizer, model, heads, ctx, world, device, total, trainable, pooling, dtype)
 
 
 def _manifest(cfg: RunConfig, run: _Run, splits, metrics: dict, speed: dict) -> dict[str, Any]:
@@ -218,6 +220,7 @@ def _manifest(cfg: RunConfig, run: _Run, splits, metrics: dict, speed: dict) -> 
         "format_version": FORMAT_VERSION,
         "method": spec.name,
         "pooling": run.pooling,  # resolved from model.pooling; reloads pool the same way
+        "dtype": run.dtype,  # resolved from model.dtype; reloads compute in it whatever the machine's auto would pick
         "peft_native": spec.peft_native,
         "task": cfg.task,
         "labels": splits.labels,
@@ -249,6 +252,14 @@ def _manifest(cfg: RunConfig, run: _Run, splits, metrics: dict, speed: dict) -> 
         "versions": package_versions(),
         "versions_vs_lock": lock_drift().to_json(),  # which installed versions differ from the tested lock
     }
+
+
+def _needs_autocast(run: _Run) -> bool:
+    """bf16 autocast only when the run asked for bf16 but its weights are all float32 (full fine-tuning keeps float32
+    master weights); a bf16-stored base already computes in bf16."""
+    import torch
+
+    return run.dtype == "bfloat16" and all(p.dtype != torch.bfloat16 for p in run.model.parameters())
 
 
 def _total_steps(n_rows: int, cfg: RunConfig, world: int) -> int:

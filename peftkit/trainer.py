@@ -10,12 +10,13 @@ from peftkit.config import RunConfig
 from peftkit.errors import NonFiniteLossError, PeftkitError
 
 
-def training_arguments(cfg: RunConfig, output_dir: Path, device: str, progress: bool):
-    """`TrainingArguments` for a run: the one place run config becomes Trainer settings."""
-    import torch
-    from transformers import TrainingArguments
+def training_arguments(cfg: RunConfig, output_dir: Path, device: str, progress: bool, autocast: bool = False):
+    """`TrainingArguments` for a run: the one place run config becomes Trainer settings.
 
-    from peftkit.models import torch_dtype
+    ``autocast``: bf16 autocast around float32 weights (a method that trains the whole base in float32). A base stored
+    in bf16 needs none: it computes in bf16, adapters and head in their own float32, as at inference.
+    """
+    from transformers import TrainingArguments
 
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -39,7 +40,7 @@ def training_arguments(cfg: RunConfig, output_dir: Path, device: str, progress: 
         length_column_name="length",
         remove_unused_columns=False,
         label_names=["labels"],
-        bf16=torch_dtype(cfg.model.dtype, device) == torch.bfloat16,  # autocast around the fp32 adapter
+        bf16=autocast,
         disable_tqdm=not progress,
         dataloader_pin_memory=device.startswith("cuda"),
         use_cpu=device == "cpu",
