@@ -51,6 +51,12 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def manifest_dtype(manifest: dict[str, Any]) -> str:
+    """The base dtype an adapter trained over: the resolved ``dtype``, or for manifests written before it was
+    resolved, the configured ``model.dtype`` (``auto``; `peftkit.models.stored_dtype` says what that meant)."""
+    return manifest.get("dtype") or manifest["config"].get("model", {}).get("dtype", "auto")
+
+
 def check_base(manifest: dict[str, Any], folder: Path, base_name: str, base_sha: str) -> None:
     """Refuse a base whose weights differ from the one the adapter was trained on (peft would load it silently)."""
     want = manifest["base"]

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from peftkit.adapter import read_manifest
+from peftkit.adapter import manifest_dtype, read_manifest
 from peftkit.errors import PeftkitError
 from peftkit.predictor import Prediction, decode_predictions
 
@@ -105,7 +105,7 @@ def check_compatible(bank: dict[str, Any], manifest: dict[str, Any], folder: Pat
             f"adapter {folder} pools with {manifest.get('pooling')!r}, the bank's base with "
             f"{bank.get('pooling')!r}; a bank's adapters share one base and so one pooling"
         )
-    dtype = manifest.get("dtype") or manifest["config"].get("model", {}).get("dtype", "auto")
+    dtype = manifest_dtype(manifest)
     bank_dtype = bank.get("dtype", "auto")
     if "auto" not in (dtype, bank_dtype) and dtype != bank_dtype:  # "auto": written before it was resolved
         raise PeftkitError(
@@ -542,7 +542,7 @@ def build_bank(
         "labels": first.get("labels"),
         "num_outputs": first["num_outputs"],
         "quant": first["quant"],
-        "dtype": first.get("dtype", first["config"]["model"]["dtype"]),
+        "dtype": manifest_dtype(first),
         "pooling": first.get("pooling"),
         "max_length": data["max_length"],
         "segment_column": segment_column,

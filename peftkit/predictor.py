@@ -119,7 +119,7 @@ def load_predictor(
 ) -> Predictor:
     """Attach a saved adapter to its base; see `peftkit.load`."""
     from peftkit import models
-    from peftkit.adapter import read_manifest, resolve_base
+    from peftkit.adapter import manifest_dtype, read_manifest, resolve_base
     from peftkit.methods import METHODS
 
     folder = Path(adapter)
@@ -134,7 +134,7 @@ def load_predictor(
         ref,
         manifest["num_outputs"],
         quant=quant or manifest["quant"],
-        dtype=models.stored_dtype(manifest.get("dtype", manifest["config"]["model"]["dtype"]), device),
+        dtype=models.stored_dtype(manifest_dtype(manifest), device),
         device=device,
         pad_token_id=tokenizer.pad_token_id,
         pooling=manifest.get(

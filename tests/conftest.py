@@ -142,3 +142,15 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Hash index and GGUF conversions of tests go to a per-session cache, not the user's; fetched data is copied."""
     cache = seed_data(tmp_path_factory.getbasetemp() / "peftkit-cache")
     monkeypatch.setenv("PEFTKIT_CACHE", str(cache))
+
+
+@pytest.fixture
+def bank_header() -> dict:
+    """The bank-file keys `peftkit.bank.check_compatible` reads, for tests of what it refuses."""
+    return {
+        "base": {"sha256": "x", "name": "b"},
+        "method": "lora",
+        "task": "t",
+        "labels": None,
+        "max_length": 8,
+    }

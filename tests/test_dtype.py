@@ -46,9 +46,8 @@ def test_auto_follows_the_cpus_bf16_units(units):
 
 
 def test_recorded_auto_keeps_its_old_meaning(units):
-    units(
-        "AMX-BF16"
-    )  # today auto would pick bf16 here; adapters that recorded "auto" trained in float32 on CPU
+    # Today auto would pick bf16 here; adapters that recorded "auto" trained in float32 on CPU.
+    units("AMX-BF16")
     assert models.stored_dtype("auto", "cpu") == "float32"
     assert models.stored_dtype("bfloat16", "cpu") == "bfloat16"
 
@@ -77,9 +76,8 @@ def test_bf16_base_float32_head_and_adapter_reload_identically(
     assert result.manifest["dtype"] == "bfloat16" and result.manifest["config"]["model"]["dtype"] == "auto"
     params = dict(result.predictor.model.named_parameters())
     trainable = {n: p.dtype for n, p in params.items() if p.requires_grad}
-    assert trainable and set(trainable.values()) == {
-        torch.float32
-    }  # adapter and head: float32 master weights
+    # Adapter and head: float32 master weights.
+    assert trainable and set(trainable.values()) == {torch.float32}
     frozen = {p.dtype for p in params.values() if not p.requires_grad and p.ndim == 2}
     assert torch.bfloat16 in frozen  # the base is stored in bf16
     units()  # a machine whose auto would pick float32 still reloads in what the adapter trained in
@@ -123,21 +121,14 @@ def test_old_adapters_that_recorded_auto_reload_in_float32(tiny_models, intent_c
     np.testing.assert_array_equal(reloaded.logits(PROBE), result.predictor.logits(PROBE))
 
 
-def test_a_bank_refuses_an_adapter_trained_over_another_dtype(tmp_path):
-    bank = {
-        "base": {"sha256": "x", "name": "b"},
-        "method": "lora",
-        "task": "t",
-        "labels": None,
-        "max_length": 8,
-    }
+def test_a_bank_refuses_an_adapter_trained_over_another_dtype(bank_header, tmp_path):
+    bank = bank_header
     manifest = {**bank, "config": {"data": {"max_length": 8}, "model": {"dtype": "auto"}}}
     with pytest.raises(PeftkitError, match="trained over a bfloat16 base, the bank's base is float32"):
         check_compatible({**bank, "dtype": "float32"}, {**manifest, "dtype": "bfloat16"}, tmp_path)
     check_compatible({**bank, "dtype": "float32"}, {**manifest, "dtype": "float32"}, tmp_path)
-    check_compatible(
-        {**bank, "dtype": "auto"}, {**manifest, "dtype": "bfloat16"}, tmp_path
-    )  # old bank: unknown
+    # A bank written before the dtype was resolved says "auto": nothing to compare.
+    check_compatible({**bank, "dtype": "auto"}, {**manifest, "dtype": "bfloat16"}, tmp_path)
 
 
 def test_doctor_names_the_chosen_dtype_and_why(tiny_models, units):

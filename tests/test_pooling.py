@@ -91,18 +91,12 @@ def test_mean_pooling_trains_saves_and_reloads_identically(tiny_models, intent_c
     assert isinstance(reloaded.model.base_model.model.bert.pooler, pooling.MeanPooler)
 
 
-def test_a_bank_refuses_adapters_that_pool_differently():
+def test_a_bank_refuses_adapters_that_pool_differently(bank_header):
     from pathlib import Path
 
     from peftkit.bank import check_compatible
 
-    bank = {
-        "base": {"sha256": "x", "name": "b"},
-        "method": "lora",
-        "task": "t",
-        "labels": None,
-        "max_length": 8,
-    }
+    bank = bank_header
     manifest = {**bank, "config": {"data": {"max_length": 8}}, "pooling": "mean"}
     with pytest.raises(PeftkitError, match="pools with 'mean', the bank's base with None"):
         check_compatible(bank, manifest, Path("a"))
