@@ -70,7 +70,7 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     name: str = Field(
         "minilm-l6",
-        description="alias (smollm2-135m, minilm-l6, multilingual-e5-small), local HF folder, .gguf or E5S1 .bin file",
+        description="alias (smollm2-135m, minilm-l6, multilingual-e5-small, gemma3-270m), local HF folder, .gguf or E5S1 .bin file",
     )
     quant: Quant = Field("none", description="8bit: LLM.int8 base via bitsandbytes (CPU or CUDA)")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(

@@ -58,7 +58,7 @@ _OPTIONAL = ("bitsandbytes",)
 # What a failed row's message leaves to the user, per check (a check can give a more specific one itself).
 _FIXES = {
     "config": "correct the keys named above in the recipe, --set or flags; the remaining checks run once it validates",
-    "model": "pass a built-in alias (minilm-l6, smollm2-135m, multilingual-e5-small), a local folder written by save_pretrained(), or a .gguf file",
+    "model": "pass a built-in alias (minilm-l6, smollm2-135m, multilingual-e5-small, gemma3-270m), a local folder written by save_pretrained(), or a .gguf file",
     "data": "fix the file, or the data keys the message names (--data, --text-column, --template, --label-column, --labels, --task)",
     "method": "set method.target_modules to module names this architecture has, or pick another --method",
     "segments": "name an existing column with --segment-column, or fill its empty cells",
@@ -408,7 +408,9 @@ def _model_source(name: str) -> Path:
     from peftkit import models
 
     if name in models.ALIASES:
-        return models._packaged_path(name)  # find_spec only: the package is not imported
+        # find_spec only, the package is not imported; a chunked GGUF (gemma3-270m) is joined and hash-checked
+        # into the cache once (~2 s) so that its header can be read
+        return models._packaged_path(name)
     source = Path(name).expanduser()
     if not source.exists():
         models.resolve(

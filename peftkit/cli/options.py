@@ -29,7 +29,7 @@ RecipeOpt = _opt(
 )
 ModelOpt = _opt(
     str,
-    "Base model: smollm2-135m, minilm-l6, multilingual-e5-small, a local Hugging Face folder or a .gguf file.",
+    "Base model: smollm2-135m, minilm-l6, multilingual-e5-small, gemma3-270m, a local Hugging Face folder or a .gguf file.",
 )
 MethodOpt = _opt(Method, f"PEFT method. {_methods_help}.")
 DataOpt = _opt(
