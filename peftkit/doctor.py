@@ -304,7 +304,7 @@ def check_quant(facts: _Facts) -> Check:
     if cfg.model.quant != "8bit":
         from peftkit.models import resolve_dtype
 
-        dtype, why = resolve_dtype(cfg.model.dtype, facts.device)
+        dtype, why = resolve_dtype(cfg.model.dtype, facts.device, cfg.model.quant, cfg.method.name)
         return Check("quant", OK, f"none, base in {dtype} ({why}): bitsandbytes not needed")
     from peftkit.models import _int8_config
 

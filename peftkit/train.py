@@ -176,7 +176,7 @@ def _setup_model(cfg: RunConfig, splits, init_from: Path | None = None) -> _Run:
     base = models.resolve(cfg.model.name)
     tokenizer = models.load_tokenizer(base)
     device = models.default_device()
-    dtype, why = models.resolve_dtype(cfg.model.dtype, device)
+    dtype, why = models.resolve_dtype(cfg.model.dtype, device, cfg.model.quant, cfg.method.name)
     log.info("base: %s (%s; %s)", cfg.model.name, "8-bit" if cfg.model.quant == "8bit" else dtype, why)
     set_seed(cfg.train.seed)  # the fresh head's initial weights depend on it
     pooling = poolings.resolve(base.folder, base.config, cfg.model.pooling)

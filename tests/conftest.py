@@ -144,6 +144,18 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PEFTKIT_CACHE", str(cache))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _float32_auto():
+    """`model.dtype: auto` as on a CPU without bf16 units, so the suite computes the same on every CI machine (some
+    have AVX512-BF16, some AVX2 only). Session-wide, so module-scoped fixtures that train see it too;
+    tests/test_dtype.py sets the units it needs, and the bf16 path is tested there."""
+    from peftkit import models
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(models, "cpu_bf16_units", lambda: [])
+        yield
+
+
 @pytest.fixture
 def bank_header() -> dict:
     """The bank-file keys `peftkit.bank.check_compatible` reads, for tests of what it refuses."""

@@ -43,6 +43,16 @@ def test_auto_follows_the_cpus_bf16_units(units):
     assert dtype == "bfloat16" and "AMX-BF16" in why
     assert models.resolve_dtype("float32", "cpu") == ("float32", "model.dtype=float32")
     assert models.torch_dtype("bfloat16", "cpu") is torch.bfloat16
+    # Combinations whose bf16 reload is not exact on CPU yet stay float32, and say why.
+    assert models.resolve_dtype("auto", "cpu", quant="8bit") == (
+        "float32",
+        "auto: float32 for quant=8bit on CPU (its bf16 reload is not yet exact)",
+    )
+    for method in ("adalora", "full"):
+        assert models.resolve_dtype("auto", "cpu", method=method)[0] == "float32"
+    for method in ("lora", "prefix", "bottleneck"):
+        assert models.resolve_dtype("auto", "cpu", method=method)[0] == "bfloat16"
+    assert models.resolve_dtype("bfloat16", "cpu", quant="8bit")[0] == "bfloat16"  # asked for: honoured
 
 
 def test_recorded_auto_keeps_its_old_meaning(units):

@@ -90,7 +90,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         tokens = {k: m["train"][k] for k in ("real_tokens", "padded_tokens")}
         steps = m["train"]["steps"]
     # After training, not before: its tensors (384 MiB on GPU) would otherwise count in the run's memory peak.
-    peak = matmul_peak(device, models.torch_dtype(cfg.model.dtype, device))
+    peak = matmul_peak(device, models.torch_dtype(cfg.model.dtype, device, cfg.model.quant, cfg.method.name))
 
     factor = flop_factor(
         base_trains=facts["base_trains"],
