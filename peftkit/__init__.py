@@ -1,7 +1,7 @@
 """peftkit: parameter-efficient fine-tuning for e-commerce user analysis.
 
 import peftkit
-model = peftkit.load("runs/reviews-minilm-l6-lora")
+model = peftkit.load("runs/reviews-multilingual-e5-small-lora")   # what `peftkit train` with no arguments writes
 model.predict(["这台电脑散热很好", "房间太小了"])
 
 bank = peftkit.AdapterBank.open("banks/reviews")       # one base, one adapter per platform

@@ -35,7 +35,7 @@ from peftkit.cli.options import (
     flag_overrides,
 )
 
-DEFAULT_RECIPE = "reviews/minilm-l6_lora.yaml"
+DEFAULT_RECIPE = "reviews/multilingual-e5-small_lora.yaml"
 
 
 @command
@@ -81,11 +81,11 @@ def train(
     Examples:
 
     ```
-    peftkit train                  # default recipe: minilm-l6 + LoRA, real reviews
+    peftkit train                  # default recipe: multilingual-e5-small + LoRA, real reviews
     peftkit train --model smollm2-135m --method adalora --quant 8bit \\
         --data reviews.csv --text-column text --label-column label \\
         --task classification --output runs/intent-adalora
-    peftkit train --recipe recipes/reviews/minilm-l6_lora.yaml \\
+    peftkit train --recipe reviews/minilm-l6_lora \\
         --set method.r=16 --epochs 2
     peftkit train --recipe reviews/minilm-l6_lora_by-platform \\
         --output banks/reviews          # a bank: global + hotel/book/laptop
