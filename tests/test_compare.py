@@ -7,11 +7,12 @@ import json
 import math
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
 from peftkit.cli import app
-from peftkit.compare import report
+from peftkit.compare import measure, report
 from peftkit.compare.measure import flop_factor, non_embedding_params
 from tests.conftest import intent_rows
 
@@ -238,6 +239,31 @@ def test_recommendation_and_goals_follow_the_numbers():
     assert by["lora vs full fine-tuning"].met
     assert by["lora 8-bit peak memory vs unquantised"].measured.startswith("0.40×")
     assert by["lora 8-bit peak memory vs unquantised"].met
+
+
+def test_flop_share_is_also_shown_against_the_best_native_dtype(monkeypatch):
+    fp32, bf16 = {"dtype": "float32", "flops": 100e9}, {"dtype": "bfloat16", "flops": 400e9}
+    records = [_record("lora", s, 0.8, sps=30, peak=500) for s in (0, 1)]
+    old = report.build_rows(records)[0]  # records from before the best peak was measured
+    assert old.best_dtype is None and old.best_flops_share.mean == 0.5
+    assert report.table_rows([old], "classification")[0][7] == "50% (60%)"
+    for r in records:
+        r["flops"] |= {"matmul_peak": fp32, "best_peak": bf16, "real_share_of_best_peak": 0.125}
+    row = report.build_rows(records)[0]
+    assert row.best_dtype == "bfloat16"
+    assert report.table_rows([row], "classification")[0][7] == "50% (60%); 12% of bfloat16"
+    goal = {g.goal: g for g in report.goals([row], "classification")}[
+        "LoRA FLOP/s on real tokens vs measured matmul peak"
+    ]
+    assert goal.measured.endswith("; 12% of the bfloat16 peak")
+    # The best peak is the fastest native dtype, and the run's own peak is reused, not timed again.
+    monkeypatch.setattr(measure, "native_dtypes", lambda device: ["float32", "bfloat16"])
+    monkeypatch.setattr(
+        measure, "matmul_peak", lambda device, dtype: bf16 if dtype is torch.bfloat16 else 1 / 0
+    )
+    assert measure.best_matmul_peak("cpu", fp32) is bf16
+    monkeypatch.setattr(measure, "native_dtypes", lambda device: ["float32"])
+    assert measure.best_matmul_peak("cpu", fp32) is fp32
 
 
 def test_flop_accounting(tiny_models):

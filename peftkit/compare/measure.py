@@ -52,6 +52,29 @@ def matmul_peak(device: str, dtype, repeats: int = 5) -> dict:
     }
 
 
+def native_dtypes(device: str) -> list[str]:
+    """The dtypes this device's matrix units multiply natively: float32 always, bfloat16 on a CUDA GPU that supports
+    it or a CPU with AMX-BF16 / AVX512-BF16. Elsewhere bf16 runs through a slow fallback (a 2048² matmul takes about a
+    minute on AVX2), so timing it would cost much and say nothing."""
+    import torch
+
+    from peftkit.models import cpu_bf16_units
+
+    bf16 = torch.cuda.is_bf16_supported() if device.startswith("cuda") else bool(cpu_bf16_units())
+    return ["float32", "bfloat16"] if bf16 else ["float32"]
+
+
+def best_matmul_peak(device: str, used: dict) -> dict:
+    """The machine's best matmul peak over its native dtypes, reusing `used` (the run's own dtype's peak): the FLOP/s
+    share against it shows the headroom a float32 run leaves on bf16 hardware."""
+    import torch
+
+    peaks = [used] + [
+        matmul_peak(device, getattr(torch, d)) for d in native_dtypes(device) if d != used["dtype"]
+    ]
+    return max(peaks, key=lambda p: p["flops"])
+
+
 def non_embedding_params(model) -> int:
     """Parameters of the base that take part in matmuls: all but embedding tables (and a tied output copy)."""
     from torch import nn

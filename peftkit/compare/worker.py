@@ -20,6 +20,7 @@ import numpy as np
 
 from peftkit.compare.measure import (
     PeakMemory,
+    best_matmul_peak,
     flop_factor,
     inference_speed,
     matmul_peak,
@@ -91,6 +92,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         steps = m["train"]["steps"]
     # After training, not before: its tensors (384 MiB on GPU) would otherwise count in the run's memory peak.
     peak = matmul_peak(device, models.torch_dtype(cfg.model.dtype, device, cfg.model.quant, cfg.method.name))
+    best = best_matmul_peak(device, peak)
 
     factor = flop_factor(
         base_trains=facts["base_trains"],
@@ -136,6 +138,8 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
             "matmul_peak": peak,
             "real_share_of_peak": real_flops / peak["flops"],
             "computed_share_of_peak": padded_flops / peak["flops"],
+            "best_peak": best,  # the fastest native dtype's peak: the headroom a run in another dtype leaves
+            "real_share_of_best_peak": real_flops / best["flops"],
         },
         "inference": inference_speed(logits_fn, splits.eval_texts),
         "config": cfg.model_dump(mode="json"),
