@@ -4,7 +4,7 @@
     data:   {train: builtin:reviews, text_column: text, label_column: label}
     model:  {name: minilm-l6, quant: none}
     method: {name: lora, r: 8}
-    train:  {epochs: 1, batch_size: 32}
+    train:  {epochs: 3, batch_size: 32}
 
 All problems are reported together, each with the key at fault and, for a misspelt key, the nearest valid one.
 The resolved config is written beside every adapter (``peftkit.json``), so a run can be repeated from its folder.
@@ -84,22 +84,52 @@ class ModelConfig(_Strict):
         "were trained for), cls ([CLS] + pooler), last (last non-pad token, decoders); auto: what the base's "
         "folder says (1_Pooling/config.json), else last for decoders and cls for encoders",
     )
+    head_init: Literal["auto", "verbalizer", "random"] = Field(
+        "auto",
+        description="how the fresh task head starts: verbalizer (decoders: each label's row from the LM head's rows "
+        "of its words), random; auto: verbalizer for decoders, a cumulative link (shared row, thresholds at the "
+        "label shares) for ordinal encoder heads, random otherwise (peftkit.heads)",
+    )
 
 
 class TrainConfig(_Strict):
-    epochs: float = Field(1.0, gt=0)
+    epochs: float | None = Field(
+        None,
+        gt=0,
+        description="default: 1, or more on small data so the run takes at least 100 optimizer steps (at most 10 "
+        "epochs; peftkit.plan)",
+    )
     max_steps: int = Field(-1, description="> 0 overrides epochs")
     batch_size: int = Field(16, gt=0)
     grad_accum: int = Field(
         1, gt=0, description="optimizer step every N batches (effective batch = N x batch_size)"
     )
-    lr: float | None = Field(None, gt=0, description="default: the method's own (see `peftkit train --help`)")
+    lr: float | None = Field(
+        None,
+        gt=0,
+        description="adapter learning rate; default: the method's own (see `peftkit train --help`), scaled up for "
+        "runs under 500 optimizer steps (peftkit.plan)",
+    )
+    head_lr: float | None = Field(
+        None,
+        gt=0,
+        description="task-head learning rate; default: 5 x lr (at most 0.02), or lr for a verbalizer-initialised "
+        "head",
+    )
+    select_best: bool = Field(
+        True,
+        description="evaluate on the held-out rows after every epoch and keep the best adapter, not the last "
+        "(accuracy for classification, MAE for ordinal and regression; ties go to the lower loss)",
+    )
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     seed: int = 42
     gradient_checkpointing: bool = Field(False, description="less activation memory, ~30% slower")
-    group_by_length: bool = Field(True, description="batch rows of similar length: less padding, same data")
+    group_by_length: bool = Field(
+        True,
+        description="batch rows of similar length: less padding, same data; batches are redrawn every epoch",
+    )
     eval_batch_size: int = Field(64, gt=0)
     save_steps: int = Field(200, gt=0, description="checkpoint every N steps (for --resume)")
     logging_steps: int = Field(10, gt=0)

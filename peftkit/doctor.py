@@ -364,13 +364,19 @@ def int8_smoke_test(device: str) -> str | None:
 
 def check_config(facts: _Facts, source: str | None) -> Check:
     cfg, t = facts.cfg, facts.cfg.train
-    length = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.epochs:g} epoch(s)"
     where = f"{source}: " if source else ""
+    if facts.splits is not None:
+        from peftkit.plan import make_plan
+
+        schedule = make_plan(len(facts.splits.train_texts), cfg, int(os.environ.get("WORLD_SIZE", "1"))).describe()
+    else:  # the data check failed: what the config alone says
+        length = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.epochs:g} epoch(s)" if t.epochs else "auto epochs"
+        schedule = f"{length}, lr {t.lr:g}" if t.lr else f"{length}, lr auto"
     return Check(
         "config",
         OK,
-        f"{where}{cfg.task}, {cfg.model.name} + {cfg.method.name}, quant {cfg.model.quant}, {length}, "
-        f"batch {t.batch_size}x{t.grad_accum}, lr {cfg.lr:g}",
+        f"{where}{cfg.task}, {cfg.model.name} + {cfg.method.name}, quant {cfg.model.quant}, "
+        f"batch {t.batch_size}x{t.grad_accum}, {schedule}",
     )
 
 

@@ -10,13 +10,13 @@ peftkit adds its task losses, method hooks (AdaLoRA's rank allocation, as callba
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peftkit import heads as head_inits
 from peftkit import models
 from peftkit import pooling as poolings
 from peftkit.adapter import FORMAT_VERSION, check_output, package_versions, save_with
@@ -25,7 +25,9 @@ from peftkit.data import Splits, load_splits
 from peftkit.errors import NonFiniteLossError, PeftkitError
 from peftkit.lock import drift as lock_drift
 from peftkit.methods import METHODS, MethodContext
+from peftkit.plan import Plan, make_plan
 from peftkit.predictor import Predictor
+from peftkit.selection import KeepBest, held_out_evaluator
 from peftkit.tasks import TASKS
 from peftkit.trainer import encode, make_trainer, training_arguments
 
@@ -91,15 +93,39 @@ def train(
     )
     run = _setup_model(cfg, splits, init_from)
 
+    predictor = Predictor(
+        run.model,
+        run.tokenizer,
+        task=cfg.task,
+        labels=splits.labels,
+        max_length=cfg.data.max_length,
+        adapter=out.name,
+        batch_size=cfg.train.eval_batch_size,
+    )
+    keep_best = (
+        KeepBest(
+            run.model,
+            held_out_evaluator(predictor, task, splits.eval_texts, splits.eval_labels),
+            cfg.task,
+            settled_step=spec.settled_step(cfg.method, run.ctx),
+        )
+        if cfg.train.select_best and splits.eval_texts
+        else None
+    )
     ckpt.mkdir(parents=True, exist_ok=True)
     trainer = make_trainer(
         run.model,
-        training_arguments(cfg, ckpt, run.device, progress, autocast=_needs_autocast(run)),
+        training_arguments(cfg, run.plan, ckpt, run.device, progress, autocast=_needs_autocast(run)),
         encode(run.tokenizer, splits.train_texts, splits.train_labels, cfg),
         run.tokenizer,
         task,
         spec,
-        spec.callbacks(run.model, cfg.method, run.ctx) + list(callbacks or []),
+        # KeepBest first: the best weights are back before a method's own end-of-training step (AdaLoRA's cut).
+        [keep_best] * (keep_best is not None)
+        + spec.callbacks(run.model, cfg.method, run.ctx)
+        + list(callbacks or []),
+        head_params=head_parameters(run.model, run.heads),
+        head_lr=run.plan.head_lr,
     )
     started = time.perf_counter()
     try:
@@ -113,15 +139,6 @@ def train(
         ) from None
     seconds = time.perf_counter() - started
 
-    predictor = Predictor(
-        run.model,
-        run.tokenizer,
-        task=cfg.task,
-        labels=splits.labels,
-        max_length=cfg.data.max_length,
-        adapter=out.name,
-        batch_size=cfg.train.eval_batch_size,
-    )
     log.info("evaluating on %d held-out rows", len(splits.eval_texts))
     import numpy as np
 
@@ -142,6 +159,8 @@ def train(
         "real_tokens_per_second": trainer.token_counts["real_tokens"] / seconds,
         "padded_tokens_per_second": trainer.token_counts["padded_tokens"] / seconds,
         "final_loss": _last_loss(history),
+        "plan": run.plan.to_json(),
+        "selection": keep_best.summary() if keep_best is not None else None,
     }
     predictor.manifest = manifest = _manifest(cfg, run, splits, metrics, speed) | (manifest_extra or {})
     if trainer.is_world_process_zero():
@@ -165,6 +184,8 @@ class _Run:
     trainable_params: int
     pooling: str
     dtype: str  # resolved from model.dtype: what the frozen base is stored and computes in
+    plan: Plan  # epochs, steps and learning rates (peftkit.plan)
+    head_init: str  # resolved from model.head_init (peftkit.heads)
 
 
 def _setup_model(cfg: RunConfig, splits, init_from: Path | None = None) -> _Run:
@@ -190,28 +211,37 @@ def _setup_model(cfg: RunConfig, splits, init_from: Path | None = None) -> _Run:
         pad_token_id=tokenizer.pad_token_id,
         pooling=pooling,
     )
+    head_init = head_inits.resolve(cfg.model.head_init, model, decoder=pooling == "last", task=cfg.task)
+    head_inits.initialise(
+        model,
+        heads,
+        head_init,
+        labels=splits.labels,
+        train_labels=splits.train_labels,
+        tokenizer=tokenizer,
+        task=cfg.task,
+    )
     total = sum(p.numel() for p in model.parameters())
     if cfg.train.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input-embedding grads, so it also works on a frozen 8-bit base.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    steps = _total_steps(len(splits.train_texts), cfg, world)
-    ctx = MethodContext(model.config.model_type, heads, steps, cfg.model.quant == "8bit")
+    plan = make_plan(len(splits.train_texts), cfg, world, head_init)
+    ctx = MethodContext(model.config.model_type, heads, plan.steps, cfg.model.quant == "8bit")
     model = spec.apply(model, cfg.method, ctx)
+    if head_init == "cumulative":
+        head_inits.tie_rows(model, heads, task.num_outputs(splits.labels))
     if init_from is not None:
         log.info("warm start from %s", init_from)
         spec.warm_start(model, Path(init_from))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info(
-        "method: %s, %s trainable params (%.3f%% of %s), %d optimizer steps, lr %g",
-        spec.name,
-        f"{trainable:,}",
-        100 * trainable / total,
-        f"{total:,}",
-        steps,
-        cfg.lr,
+        "method: %s, %s trainable params (%.3f%% of %s)", spec.name, f"{trainable:,}", 100 * trainable / total, f"{total:,}"
     )
-    return _Run(base, tokenizer, model, heads, ctx, world, device, total, trainable, pooling, dtype)
+    log.info("plan: %s", plan.describe())
+    return _Run(
+        base, tokenizer, model, heads, ctx, world, device, total, trainable, pooling, dtype, plan, head_init
+    )
 
 
 def _manifest(cfg: RunConfig, run: _Run, splits, metrics: dict, speed: dict) -> dict[str, Any]:
@@ -220,6 +250,7 @@ def _manifest(cfg: RunConfig, run: _Run, splits, metrics: dict, speed: dict) -> 
         "format_version": FORMAT_VERSION,
         "method": spec.name,
         "pooling": run.pooling,  # resolved from model.pooling; reloads pool the same way
+        "head_init": run.head_init,  # resolved from model.head_init; only training reads it
         "dtype": run.dtype,  # resolved from model.dtype; reloads compute in it whatever the machine's auto would pick
         "peft_native": spec.peft_native,
         "task": cfg.task,
@@ -264,11 +295,16 @@ def _needs_autocast(run: _Run) -> bool:
 
 def _total_steps(n_rows: int, cfg: RunConfig, world: int) -> int:
     """Optimizer steps the run will take, as Trainer computes them (AdaLoRA's schedule needs this up front)."""
-    if cfg.train.max_steps > 0:
-        return cfg.train.max_steps
-    batches = math.ceil(n_rows / (cfg.train.batch_size * world))
-    per_epoch = max(1, batches // cfg.train.grad_accum)
-    return max(1, math.ceil(cfg.train.epochs * per_epoch))
+    return make_plan(n_rows, cfg, world).steps
+
+
+def head_parameters(model, head_names) -> list:
+    """The trainable parameters of the task head (trained at ``train.head_lr``)."""
+    return [
+        p
+        for name, p in model.named_parameters()
+        if p.requires_grad and any(part in head_names for part in name.split("."))
+    ]
 
 
 def _last_checkpoint(ckpt: Path) -> Path | None:

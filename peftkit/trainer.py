@@ -7,11 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from peftkit.config import RunConfig
+from peftkit.plan import Plan
 from peftkit.errors import NonFiniteLossError, PeftkitError
 
 
-def training_arguments(cfg: RunConfig, output_dir: Path, device: str, progress: bool, autocast: bool = False):
-    """`TrainingArguments` for a run: the one place run config becomes Trainer settings.
+def training_arguments(
+    cfg: RunConfig, plan: Plan, output_dir: Path, device: str, progress: bool, autocast: bool = False
+):
+    """`TrainingArguments` for a run: the one place run config (and its `Plan`) becomes Trainer settings.
 
     ``autocast``: bf16 autocast around float32 weights (a method that trains the whole base in float32). A base stored
     in bf16 needs none: it computes in bf16, adapters and head in their own float32, as at inference.
@@ -22,8 +25,8 @@ def training_arguments(cfg: RunConfig, output_dir: Path, device: str, progress: 
         output_dir=str(output_dir),
         per_device_train_batch_size=cfg.train.batch_size,
         gradient_accumulation_steps=cfg.train.grad_accum,
-        learning_rate=cfg.lr,
-        num_train_epochs=cfg.train.epochs,
+        learning_rate=plan.lr,
+        num_train_epochs=plan.epochs,
         max_steps=cfg.train.max_steps,
         lr_scheduler_type=cfg.train.scheduler,
         warmup_steps=cfg.train.warmup_ratio,  # a float < 1 is a fraction of the run
@@ -66,7 +69,8 @@ def count_tokens(counts: dict[str, int], batch) -> None:
     counts["padded_tokens"] += batch["input_ids"].numel()
 
 
-def make_trainer(model, args, dataset, tokenizer, task, spec, callbacks):
+def make_trainer(model, args, dataset, tokenizer, task, spec, callbacks, head_params=(), head_lr=None):
+    """peftkit's Trainer for `model`; `head_params` train at `head_lr` (default: the adapter's rate)."""
     import torch
     from transformers import DataCollatorWithPadding, Trainer
 
@@ -77,6 +81,23 @@ def make_trainer(model, args, dataset, tokenizer, task, spec, callbacks):
         return pad([{k: v for k, v in f.items() if k != "length"} for f in features])
 
     class PeftkitTrainer(Trainer):
+        def create_optimizer(self, model=None):
+            # Trainer's optimizer (its class, decay groups, fused kernels), with the head's parameters moved to
+            # groups of their own at head_lr; the scheduler created next scales every group alike.
+            fresh = self.optimizer is None
+            optimizer = super().create_optimizer(model)
+            if fresh and head_lr is not None and head_lr != args.learning_rate:
+                head = {id(p) for p in head_params}
+                for group in list(optimizer.param_groups):
+                    moved = [p for p in group["params"] if id(p) in head]
+                    if moved:
+                        group["params"] = [p for p in group["params"] if id(p) not in head]
+                        optimizer.add_param_group(
+                            {**{k: v for k, v in group.items() if k != "params"}, "params": moved, "lr": head_lr}
+                        )
+                optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+            return optimizer
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if model.training:
                 count_tokens(counts, inputs)

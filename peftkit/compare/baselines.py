@@ -27,6 +27,7 @@ import numpy as np
 from peftkit.config import RunConfig
 from peftkit.errors import PeftkitError
 from peftkit.methods import METHODS
+from peftkit.plan import make_plan
 
 TUTORIAL_LENGTH = 128
 TUTORIAL_LR = 5e-5
@@ -106,7 +107,7 @@ def run_baseline(name: str, cfg: RunConfig, splits, callbacks: list) -> Baseline
         args = TrainingArguments(
             output_dir=tmp,
             per_device_train_batch_size=cfg.train.batch_size,
-            num_train_epochs=cfg.train.epochs,
+            num_train_epochs=make_plan(len(splits.train_texts), cfg).epochs,  # the same budget as peftkit's rows
             max_steps=cfg.train.max_steps,
             learning_rate=lr,
             seed=cfg.train.seed,

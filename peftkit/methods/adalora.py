@@ -85,6 +85,12 @@ def apply(base, opts: AdaLoraOptions, ctx: MethodContext):
     )
 
 
+def settled_step(opts: AdaLoraOptions, ctx: MethodContext) -> int:
+    """The step that fixes the final rank pattern: an earlier adapter's ranks no longer match what saving keeps."""
+    sched = schedule(opts, ctx.total_steps)
+    return sched["total_step"] - sched["tfinal"]
+
+
 def callbacks(model, opts, ctx):
     from transformers import TrainerCallback
 
@@ -155,6 +161,7 @@ SPEC = MethodSpec(
     save=save_peft,
     **PEFT_BANK_CALLS,
     callbacks=callbacks,
+    settled_step=settled_step,
     extra_loss=orthogonality_penalty,
     describe=describe,
 )

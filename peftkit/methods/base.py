@@ -50,7 +50,11 @@ class MethodSpec:
         name: the ``--method`` value.
         summary: one line for ``--help`` and docs.
         options: the method's `MethodOptions` subclass.
-        default_lr: learning rate used when the recipe sets none (methods differ by orders of magnitude).
+        default_lr: learning rate used when the recipe sets none (methods differ by orders of magnitude), for a run
+            of ~500 optimizer steps; shorter runs scale it up (`peftkit.plan`).
+        max_lr_scale: the most that scaling may multiply `default_lr` by (1: never scaled).
+        settled_step: ``(options, ctx) -> step`` from which the adapter's shape no longer changes (AdaLoRA's final
+            rank pattern): the best checkpoint is chosen among evaluations from that step on.
         peft_native: the adapter folder loads with plain ``peft.PeftModel.from_pretrained``.
         supports_gradient_checkpointing: False where the method breaks under it (prefix tuning).
         apply: ``(base, options, ctx) -> model`` returning the model to train, only adapter and head trainable.
@@ -78,6 +82,8 @@ class MethodSpec:
     attach: Callable[..., nn.Module]
     save: Callable[[nn.Module, Path], None]
     supports_gradient_checkpointing: bool = True
+    max_lr_scale: float = 4.0
+    settled_step: Callable[[Any, MethodContext], int] = field(default=lambda options, ctx: 0)
     callbacks: Callable[[nn.Module, Any, MethodContext], list] = field(default=lambda model, options, ctx: [])
     extra_loss: Callable[[nn.Module], Any] | None = None
     describe: Callable[[Path], dict] = field(default=lambda folder: {})

@@ -91,6 +91,7 @@ SPEC = MethodSpec(
     summary="full fine-tuning: every weight trains (the reference; 100% params, a whole-model folder)",
     options=FullOptions,
     default_lr=5e-5,
+    max_lr_scale=1.0,  # every weight moves: a short run is no reason to move them faster
     peft_native=False,
     apply=apply,
     attach=attach,
