@@ -111,7 +111,10 @@ def peftkit_row(ds, base, method, task, seed, files, test, max_length, tmp, extr
     result = train(load_config(None, overrides), progress=False, overwrite=True)
     y = test[ds.label].map({label: i for i, label in enumerate(ds.labels)}).to_numpy()
     t = TASKS[task]
-    metrics = t.metrics(y, t.decode(result.predictor.logits(test[ds.text].tolist())))
+    decoded = t.decode(result.predictor.logits(test[ds.text].tolist()))
+    metrics = t.metrics(y, decoded)
+    if task != ds.task:  # ordered labels trained as classes: also the ordinal metrics (MAE, Spearman) of its argmax
+        metrics = TASKS[ds.task].metrics(y, decoded) | {"accuracy": metrics["accuracy"]}
     plan = result.manifest["train"]["plan"]
     return metrics | {
         "seconds": time.perf_counter() - started,
@@ -258,6 +261,23 @@ def print_table(summary: list[dict]) -> None:
         print(f"{s['base']:22} {s['dataset']:17} {s['row']:34} acc {cell(s, 'accuracy'):24} mae {cell(s, 'mae')}")
 
 
+def markdown(summary: list[dict]) -> str:
+    """The summary as one Markdown table: mean (95% interval) per row, for the README."""
+
+    def cell(s, m):
+        if m not in s:
+            return ""
+        v = s[m]
+        return f"{v['mean']:.3f}" + (f" ({v['low']:.3f}–{v['high']:.3f})" if v["low"] is not None else "")
+
+    lines = ["| base | dataset | row | seeds | accuracy | MAE |", "|---|---|---|---|---|---|"]
+    for s in summary:
+        lines.append(
+            f"| {s['base']} | {s['dataset']} | {s['row']} | {len(s['seeds'])} | {cell(s, 'accuracy')} | {cell(s, 'mae')} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
@@ -271,7 +291,11 @@ def main() -> int:
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--no-sweep", action="store_true", help="skip the plain-loop sweep")
     ap.add_argument("--set", action="append", default=[], help="extra peftkit override for every peftkit row")
+    ap.add_argument("--markdown", action="store_true", help="print the results file at --out as Markdown; run nothing")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(Path(args.out).read_text())["summary"]))
+        return 0
     logging.basicConfig(level=logging.WARNING)
     from peftkit.config import parse_set
 
