@@ -85,23 +85,16 @@ def test_keep_best_waits_for_the_settled_step():
     assert keep.history == []  # before AdaLoRA's final rank pattern: not a candidate
 
 
-def _data(tmp_path, n=160):
+def _run_config(tiny_models, tmp_path, overrides: dict):
+    """A tiny-bert run on 160 synthetic intent rows, with the given config overrides."""
     path = tmp_path / "intent.csv"
-    intent_rows(n).to_csv(path, index=False)
-    return path
+    intent_rows(160).to_csv(path, index=False)
+    base = {"model.name": str(tiny_models["bert"]), "data.train": str(path), "output": str(tmp_path / "out")}
+    return load_config(None, base | overrides)
 
 
 def test_a_run_evaluates_every_epoch_and_writes_the_kept_adapter(tiny_models, tmp_path):
-    cfg = load_config(
-        None,
-        {
-            "model.name": str(tiny_models["bert"]),
-            "data.train": str(_data(tmp_path)),
-            "output": str(tmp_path / "out"),
-            "train.epochs": 3,
-            "train.batch_size": 16,
-        },
-    )
+    cfg = _run_config(tiny_models, tmp_path, {"train.epochs": 3, "train.batch_size": 16})
     result = train(cfg, progress=False)
     selection = result.manifest["train"]["selection"]
     assert [e["epoch"] for e in selection["evaluations"]] == [1.0, 2.0, 3.0]
@@ -118,16 +111,7 @@ class GroupLrs(TrainerCallback):
 
 
 def test_the_head_trains_at_its_own_learning_rate(tiny_models, tmp_path):
-    cfg = load_config(
-        None,
-        {
-            "model.name": str(tiny_models["bert"]),
-            "data.train": str(_data(tmp_path)),
-            "output": str(tmp_path / "out"),
-            "train.max_steps": 2,
-            "train.lr": 1e-3,
-        },
-    )
+    cfg = _run_config(tiny_models, tmp_path, {"train.max_steps": 2, "train.lr": 1e-3})
     spy = GroupLrs()
     train(cfg, progress=False, callbacks=[spy])
     head_rate = {lr for lr, shapes in spy.groups if (3, 32) in shapes}
@@ -136,16 +120,8 @@ def test_the_head_trains_at_its_own_learning_rate(tiny_models, tmp_path):
 
 
 def test_an_ordinal_encoder_head_is_a_cumulative_link(tiny_models, tmp_path):
-    cfg = load_config(
-        None,
-        {
-            "model.name": str(tiny_models["bert"]),
-            "data.train": str(_data(tmp_path)),
-            "task": "ordinal",
-            "data.labels": ["weak", "medium", "strong"],
-            "output": str(tmp_path / "out"),
-            "train.max_steps": 6,
-        },
+    cfg = _run_config(
+        tiny_models, tmp_path, {"task": "ordinal", "data.labels": ["weak", "medium", "strong"], "train.max_steps": 6}
     )
     result = train(cfg, progress=False)
     assert result.manifest["head_init"] == "cumulative"

@@ -250,30 +250,26 @@ def summarise(runs: list[dict]) -> list[dict]:
     return out
 
 
-def print_table(summary: list[dict]) -> None:
-    def cell(s, m):
-        if m not in s:
-            return "-"
-        v = s[m]
-        return f"{v['mean']:.3f}" + (f" ({v['low']:.3f}-{v['high']:.3f})" if v["low"] is not None else "")
+def cell(s: dict, metric: str, missing: str = "-", dash: str = "-") -> str:
+    """A summary row's metric as "mean (low-high)", or `missing`."""
+    if metric not in s:
+        return missing
+    v = s[metric]
+    return f"{v['mean']:.3f}" + (f" ({v['low']:.3f}{dash}{v['high']:.3f})" if v["low"] is not None else "")
 
+
+def print_table(summary: list[dict]) -> None:
     for s in summary:
         print(f"{s['base']:22} {s['dataset']:17} {s['row']:34} acc {cell(s, 'accuracy'):24} mae {cell(s, 'mae')}")
 
 
 def markdown(summary: list[dict]) -> str:
     """The summary as one Markdown table: mean (95% interval) per row, for the README."""
-
-    def cell(s, m):
-        if m not in s:
-            return ""
-        v = s[m]
-        return f"{v['mean']:.3f}" + (f" ({v['low']:.3f}–{v['high']:.3f})" if v["low"] is not None else "")
-
+    md = lambda s, m: cell(s, m, missing="", dash="–")  # noqa: E731
     lines = ["| base | dataset | row | seeds | accuracy | MAE |", "|---|---|---|---|---|---|"]
     for s in summary:
         lines.append(
-            f"| {s['base']} | {s['dataset']} | {s['row']} | {len(s['seeds'])} | {cell(s, 'accuracy')} | {cell(s, 'mae')} |"
+            f"| {s['base']} | {s['dataset']} | {s['row']} | {len(s['seeds'])} | {md(s, 'accuracy')} | {md(s, 'mae')} |"
         )
     return "\n".join(lines)
 
