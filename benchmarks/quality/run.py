@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -122,6 +123,7 @@ def peftkit_row(ds, base, method, task, seed, files, test, max_length, tmp, extr
         "lr": plan["lr"],
         "head_lr": plan["head_lr"],
         "pooling": result.manifest["pooling"],
+        "dtype": result.manifest["dtype"],
         "kept_step": (result.manifest["train"].get("selection") or {}).get("kept_step"),
         "steps": result.manifest["train"]["steps"],
     }
@@ -294,6 +296,7 @@ def main() -> int:
         return 0
     logging.basicConfig(level=logging.WARNING)
     from peftkit.config import parse_set
+    from peftkit.models import cpu_bf16_units
 
     extra = parse_set(args.set)
     out = Path(args.out)
@@ -309,6 +312,7 @@ def main() -> int:
             "command": " ".join(["python", *sys.argv]),
             "settings": vars(args),
             "versions": {p: version(p) for p in ("torch", "transformers", "peft", "scikit-learn")},
+            "machine": {"bf16_units": cpu_bf16_units(), "cores": os.cpu_count()},
             "summary": summary,
             "runs": runs,
         }
