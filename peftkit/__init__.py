@@ -23,10 +23,15 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str):
-    if name == "AdapterBank":  # lazily: importing peftkit stays cheap (no torch) until a bank is used
+    # Lazily: importing peftkit stays cheap (no torch) until a bank or a predictor is used.
+    if name == "AdapterBank":
         from peftkit.bank import AdapterBank
 
         return AdapterBank
+    if name == "Predictor":
+        from peftkit.predictor import Predictor
+
+        return Predictor
     raise AttributeError(f"module 'peftkit' has no attribute {name!r}")
 
 
