@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from peftkit.adapter import manifest_dtype, read_manifest
+from peftkit.adapter import manifest_dtype, read_manifest, write_text_atomic
 from peftkit.errors import PeftkitError
 from peftkit.predictor import Prediction, decode_predictions
 
@@ -484,13 +484,7 @@ class AdapterBank:
 
 def write_bank_file(folder: Path, bank: dict[str, Any]) -> None:
     """Write ``bank.json`` through a temporary file and a rename, so readers never see half of it."""
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{BANK_FILE}.", dir=folder)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(bank, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, Path(folder) / BANK_FILE)
+    write_text_atomic(Path(folder) / BANK_FILE, json.dumps(bank, indent=2, ensure_ascii=False) + "\n")
 
 
 def _relative(path: Path, root: Path) -> str:

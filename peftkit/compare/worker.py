@@ -193,15 +193,13 @@ def _device(device: str) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    from peftkit.adapter import write_text_atomic
     from peftkit.cli.common import quiet_libraries
 
     quiet_libraries()
     job = json.loads(Path(argv[0]).read_text())
     record = run(job)
-    out = Path(job["out"])
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    write_text_atomic(Path(job["out"]), json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return 0
 
 
