@@ -368,9 +368,17 @@ def check_config(facts: _Facts, source: str | None) -> Check:
     if facts.splits is not None:
         from peftkit.plan import make_plan
 
-        schedule = make_plan(len(facts.splits.train_texts), cfg, int(os.environ.get("WORLD_SIZE", "1"))).describe()
+        schedule = make_plan(
+            len(facts.splits.train_texts), cfg, int(os.environ.get("WORLD_SIZE", "1"))
+        ).describe()
     else:  # the data check failed: what the config alone says
-        length = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.epochs:g} epoch(s)" if t.epochs else "auto epochs"
+        length = (
+            f"{t.max_steps} steps"
+            if t.max_steps > 0
+            else f"{t.epochs:g} epoch(s)"
+            if t.epochs
+            else "auto epochs"
+        )
         schedule = f"{length}, lr {t.lr:g}" if t.lr else f"{length}, lr auto"
     return Check(
         "config",

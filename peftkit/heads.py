@@ -71,7 +71,9 @@ def final_linear(module, num_outputs: int):
     return found[-1]
 
 
-def initialise(model, head_names: Iterable[str], mode: str, *, labels, train_labels, tokenizer, task: str) -> None:
+def initialise(
+    model, head_names: Iterable[str], mode: str, *, labels, train_labels, tokenizer, task: str
+) -> None:
     """Set the fresh head's weights as `mode` says (before the method wraps the model)."""
     import torch
 
@@ -84,7 +86,9 @@ def initialise(model, head_names: Iterable[str], mode: str, *, labels, train_lab
             if mode == "verbalizer":
                 rows = _label_word_rows(model, tokenizer, labels).to(layer.weight)
                 if task == "ordinal":
-                    rows = torch.stack([rows[k + 1 :].mean(0) - rows[: k + 1].mean(0) for k in range(num_outputs)])
+                    rows = torch.stack(
+                        [rows[k + 1 :].mean(0) - rows[: k + 1].mean(0) for k in range(num_outputs)]
+                    )
                 layer.weight.copy_(rows)
                 if layer.bias is not None:
                     layer.bias.zero_()
@@ -95,7 +99,9 @@ def initialise(model, head_names: Iterable[str], mode: str, *, labels, train_lab
                         "head has none: set model.head_init=random"
                     )
                 layer.weight.copy_(layer.weight[:1].expand_as(layer.weight).clone())
-                layer.bias.copy_(torch.from_numpy(cumulative_logits(train_labels, len(labels))).to(layer.bias))
+                layer.bias.copy_(
+                    torch.from_numpy(cumulative_logits(train_labels, len(labels))).to(layer.bias)
+                )
             else:
                 raise PeftkitError(f"unknown head initialisation {mode!r}")
     log.info("head: %s initialisation", mode)
@@ -103,7 +109,9 @@ def initialise(model, head_names: Iterable[str], mode: str, *, labels, train_lab
 
 def cumulative_logits(train_labels, num_labels: int) -> np.ndarray:
     """logit P(y > k) for k = 0..K-2 from the training labels, with add-one smoothing so no share is 0 or 1."""
-    counts = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=num_labels).astype(np.float64) + 1.0
+    counts = (
+        np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=num_labels).astype(np.float64) + 1.0
+    )
     above = 1.0 - np.cumsum(counts)[:-1] / counts.sum()
     return np.log(above / (1.0 - above)).astype(np.float32)
 

@@ -70,7 +70,9 @@ def make_plan(n_rows: int, cfg: RunConfig, world: int = 1, head_init: str = "ran
         epochs = float(min(MAX_AUTO_EPOCHS, max(1, math.ceil(MIN_STEPS / per_epoch))))
         steps = max(1, math.ceil(epochs * per_epoch))
         why["epochs"] = (
-            "auto: 1 epoch" if epochs == 1 else f"auto: {per_epoch} steps an epoch, at least {MIN_STEPS} steps"
+            "auto: 1 epoch"
+            if epochs == 1
+            else f"auto: {per_epoch} steps an epoch, at least {MIN_STEPS} steps"
         )
     if t.lr is not None:
         lr, why["lr"] = t.lr, "train.lr"

@@ -50,7 +50,12 @@ class KeepBest(TrainerCallback):
             return
         metrics, loss = self.evaluate()
         name, value = score(self.task_name, metrics)
-        entry = {"step": state.global_step, "epoch": round(float(state.epoch or 0), 3), name: metrics[name], "loss": loss}
+        entry = {
+            "step": state.global_step,
+            "epoch": round(float(state.epoch or 0), 3),
+            name: metrics[name],
+            "loss": loss,
+        }
         self.history.append(entry)
         key = (value, -loss)
         if self.best is None or key > self.best:
@@ -73,7 +78,11 @@ class KeepBest(TrainerCallback):
             for n, p in self.model.named_parameters():
                 if n in self.best_state:
                     p.copy_(self.best_state[n])
-        log.info("kept the adapter of step %d (best held-out score), not the last (step %d)", self.best_step, state.global_step)
+        log.info(
+            "kept the adapter of step %d (best held-out score), not the last (step %d)",
+            self.best_step,
+            state.global_step,
+        )
 
     def summary(self) -> dict:
         return {"kept_step": self.best_step, "evaluations": self.history}

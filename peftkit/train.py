@@ -236,7 +236,11 @@ def _setup_model(cfg: RunConfig, splits, init_from: Path | None = None) -> _Run:
         spec.warm_start(model, Path(init_from))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info(
-        "method: %s, %s trainable params (%.3f%% of %s)", spec.name, f"{trainable:,}", 100 * trainable / total, f"{total:,}"
+        "method: %s, %s trainable params (%.3f%% of %s)",
+        spec.name,
+        f"{trainable:,}",
+        100 * trainable / total,
+        f"{total:,}",
     )
     log.info("plan: %s", plan.describe())
     return _Run(

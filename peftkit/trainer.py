@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from peftkit.config import RunConfig
-from peftkit.plan import Plan
 from peftkit.errors import NonFiniteLossError, PeftkitError
+from peftkit.plan import Plan
 
 
 def training_arguments(
@@ -93,7 +93,11 @@ def make_trainer(model, args, dataset, tokenizer, task, spec, callbacks, head_pa
                     if moved:
                         group["params"] = [p for p in group["params"] if id(p) not in head]
                         optimizer.add_param_group(
-                            {**{k: v for k, v in group.items() if k != "params"}, "params": moved, "lr": head_lr}
+                            {
+                                **{k: v for k, v in group.items() if k != "params"},
+                                "params": moved,
+                                "lr": head_lr,
+                            }
                         )
                 optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
             return optimizer

@@ -33,14 +33,22 @@ def test_plan_lengthens_short_runs_and_scales_their_learning_rates():
 
 
 def test_plan_keeps_what_the_config_sets():
-    cfg = load_config(None, {"train.epochs": 2, "train.lr": 3e-4, "train.head_lr": 1e-3, "train.batch_size": 16})
+    cfg = load_config(
+        None, {"train.epochs": 2, "train.lr": 3e-4, "train.head_lr": 1e-3, "train.batch_size": 16}
+    )
     plan = make_plan(250, cfg)
     assert (plan.epochs, plan.steps, plan.lr, plan.head_lr) == (2.0, 32, 3e-4, 1e-3)
     assert plan.why == {"epochs": "train.epochs", "lr": "train.lr", "head_lr": "train.head_lr"}
     full = make_plan(250, load_config(None, {"method.name": "full", "train.batch_size": 16}))
     assert full.lr == 5e-5  # full fine-tuning is never scaled
-    assert make_plan(250, cfg.model_copy(update={"train": cfg.train.model_copy(update={"head_lr": None})}),
-                     head_init="verbalizer").head_lr == 3e-4
+    assert (
+        make_plan(
+            250,
+            cfg.model_copy(update={"train": cfg.train.model_copy(update={"head_lr": None})}),
+            head_init="verbalizer",
+        ).head_lr
+        == 3e-4
+    )
 
 
 def test_cumulative_logits_are_the_label_shares():
@@ -100,14 +108,18 @@ def test_a_run_evaluates_every_epoch_and_writes_the_kept_adapter(tiny_models, tm
     assert [e["epoch"] for e in selection["evaluations"]] == [1.0, 2.0, 3.0]
     kept = next(e for e in selection["evaluations"] if e["step"] == selection["kept_step"])
     assert kept["accuracy"] == max(e["accuracy"] for e in selection["evaluations"])
-    assert result.metrics["accuracy"] == pytest.approx(kept["accuracy"])  # the adapter written is the kept one
+    assert result.metrics["accuracy"] == pytest.approx(
+        kept["accuracy"]
+    )  # the adapter written is the kept one
     saved = json.loads((tmp_path / "out" / "peftkit.json").read_text())
     assert saved["train"]["plan"]["why"]["lr"].startswith("auto")
 
 
 class GroupLrs(TrainerCallback):
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
-        self.groups = [(g["initial_lr"], {tuple(p.shape) for p in g["params"]}) for g in optimizer.param_groups]
+        self.groups = [
+            (g["initial_lr"], {tuple(p.shape) for p in g["params"]}) for g in optimizer.param_groups
+        ]
 
 
 def test_the_head_trains_at_its_own_learning_rate(tiny_models, tmp_path):
@@ -121,12 +133,15 @@ def test_the_head_trains_at_its_own_learning_rate(tiny_models, tmp_path):
 
 def test_an_ordinal_encoder_head_is_a_cumulative_link(tiny_models, tmp_path):
     cfg = _run_config(
-        tiny_models, tmp_path, {"task": "ordinal", "data.labels": ["weak", "medium", "strong"], "train.max_steps": 6}
+        tiny_models,
+        tmp_path,
+        {"task": "ordinal", "data.labels": ["weak", "medium", "strong"], "train.max_steps": 6},
     )
     result = train(cfg, progress=False)
     assert result.manifest["head_init"] == "cumulative"
     layer = next(
-        m for n, m in result.predictor.model.named_modules()
+        m
+        for n, m in result.predictor.model.named_modules()
         if n.endswith("classifier.modules_to_save.default")
     )
     assert torch.equal(layer.weight[0], layer.weight[1]), "the K-1 outputs share one weight row"
@@ -142,8 +157,14 @@ def _tied_llama(folder):
     tok = AutoTokenizer.from_pretrained(str(MINILM))
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
     )
     LlamaForCausalLM(cfg).save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
@@ -157,17 +178,29 @@ def test_a_decoder_head_starts_as_the_lm_head_of_its_label_words(tmp_path):
 
     folder, tok = _tied_llama(tmp_path / "llama")
     base = models.resolve(str(folder))
-    model, names = models.load_base(base, 3, quant="none", dtype="float32", device="cpu", pad_token_id=tok.pad_token_id)
+    model, names = models.load_base(
+        base, 3, quant="none", dtype="float32", device="cpu", pad_token_id=tok.pad_token_id
+    )
     assert heads.resolve("auto", model, decoder=True, task="classification") == "verbalizer"
     labels = ["weak", "medium", "strong"]
-    heads.initialise(model, names, "verbalizer", labels=labels, train_labels=[0, 1, 2], tokenizer=tok, task="classification")
+    heads.initialise(
+        model,
+        names,
+        "verbalizer",
+        labels=labels,
+        train_labels=[0, 1, 2],
+        tokenizer=tok,
+        task="classification",
+    )
     lm = AutoModelForCausalLM.from_pretrained(str(folder))
     enc = tok(["i will buy it today"], return_tensors="pt")
     with torch.no_grad():
         lm_logits = lm(**enc).logits[0, -1]
         head_logits = model(**enc).logits[0]
     ids = [tok(" " + label, add_special_tokens=False)["input_ids"] for label in labels]
-    assert all(len(i) == 1 for i in ids)  # single-token words: the head's logits are the LM's for those tokens
+    assert all(
+        len(i) == 1 for i in ids
+    )  # single-token words: the head's logits are the LM's for those tokens
     torch.testing.assert_close(head_logits, lm_logits[[i[0] for i in ids]], rtol=1e-4, atol=1e-5)
 
 
@@ -193,8 +226,15 @@ def test_length_grouped_batches_are_redrawn_every_epoch(tiny_models, tmp_path):
     texts = [" ".join(["word"] * (3 + i % 40)) for i in range(270)]
     tok = models.load_tokenizer(models.resolve(str(tiny_models["bert"])))
     args = training_arguments(cfg, make_plan(270, cfg), tmp_path, "cpu", progress=False)
-    trainer = make_trainer(torch.nn.Linear(1, 1), args, encode(tok, texts, [0] * 270, cfg), tok,
-                           TASKS["classification"], None, [])
+    trainer = make_trainer(
+        torch.nn.Linear(1, 1),
+        args,
+        encode(tok, texts, [0] * 270, cfg),
+        tok,
+        TASKS["classification"],
+        None,
+        [],
+    )
     loader = trainer.get_train_dataloader()
     epochs = []
     for epoch in range(2):

@@ -189,7 +189,9 @@ def test_adalora_converts_to_lora_exactly(adapters, tiny_models, tmp_path):
     assert cfg["rank_pattern"] == kept and cfg["alpha_pattern"] == kept  # scale alpha_k / r_k = 1 everywhere
     assert cfg["r"] == cfg["lora_alpha"] == max(kept.values())  # vLLM's single alpha / r is 1 too
     dropped = sorted(p for p, r in allocated.items() if r == 0)
-    assert pruned in dropped and sorted(cfg["exclude_modules"]) == dropped  # a set of modules: order is not the contract
+    assert (
+        pruned in dropped and sorted(cfg["exclude_modules"]) == dropped
+    )  # a set of modules: order is not the contract
     keys = _lora_keys_only(vllm)
     assert {k.removeprefix("base_model.model.").rsplit(".", 2)[0] for k in keys} == set(kept)
     record = json.loads((vllm / "export.json").read_text())

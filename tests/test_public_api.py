@@ -14,7 +14,9 @@ def _fresh(code: str) -> str:
 
 
 def test_star_import_gives_every_public_name():
-    out = _fresh("from peftkit import *; print(AdapterBank.__name__, Predictor.__name__, load.__name__, train.__name__)")
+    out = _fresh(
+        "from peftkit import *; print(AdapterBank.__name__, Predictor.__name__, load.__name__, train.__name__)"
+    )
     assert out == "AdapterBank Predictor load train"
 
 

@@ -37,7 +37,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,12 @@ class Dataset:
 
 DATASETS = {
     "amazon-sentiment": Dataset(
-        "builtin:amazon-snippets/polar", "text", "sentiment", ["negative", "positive"], "classification", "group"
+        "builtin:amazon-snippets/polar",
+        "text",
+        "sentiment",
+        ["negative", "positive"],
+        "classification",
+        "group",
     ),
     "amazon-intensity": Dataset(
         "builtin:amazon-snippets",
@@ -64,7 +68,9 @@ DATASETS = {
         "group",
         also="classification",
     ),
-    "reviews-zh": Dataset("builtin:reviews", "text", "label", ["negative", "positive"], "classification", None),
+    "reviews-zh": Dataset(
+        "builtin:reviews", "text", "label", ["negative", "positive"], "classification", None
+    ),
 }
 METHODS = ("lora", "adalora", "bottleneck", "prefix")
 SWEEP = [(lr, pooling) for lr in (1e-3, 5e-3) for pooling in ("cls", "mean")]
@@ -79,14 +85,20 @@ def make_split(ds: Dataset, seed: int, train_rows: int, val_rows: int, test_rows
     frame = read_table(ds.source).drop_duplicates(ds.text).reset_index(drop=True)
     frame = frame[frame[ds.label].isin(ds.labels)].reset_index(drop=True)
     groups = frame[ds.group] if ds.group else np.arange(len(frame))
-    held, rest = next(GroupShuffleSplit(n_splits=1, test_size=0.6, random_state=seed).split(frame, groups=groups))
+    held, rest = next(
+        GroupShuffleSplit(n_splits=1, test_size=0.6, random_state=seed).split(frame, groups=groups)
+    )
     held_frame, rest_frame = frame.iloc[held], frame.iloc[rest]
     held_groups = held_frame[ds.group] if ds.group else np.arange(len(held_frame))
     val_idx, test_idx = next(
         GroupShuffleSplit(n_splits=1, test_size=0.6, random_state=seed).split(held_frame, groups=held_groups)
     )
     pick = lambda f, n: f.sample(n=min(n, len(f)), random_state=seed).reset_index(drop=True)  # noqa: E731
-    return pick(rest_frame, train_rows), pick(held_frame.iloc[val_idx], val_rows), pick(held_frame.iloc[test_idx], test_rows)
+    return (
+        pick(rest_frame, train_rows),
+        pick(held_frame.iloc[val_idx], val_rows),
+        pick(held_frame.iloc[test_idx], test_rows),
+    )
 
 
 def peftkit_row(ds, base, method, task, seed, files, test, max_length, tmp, extra=None):
@@ -114,7 +126,9 @@ def peftkit_row(ds, base, method, task, seed, files, test, max_length, tmp, extr
     t = TASKS[task]
     decoded = t.decode(result.predictor.logits(test[ds.text].tolist()))
     metrics = t.metrics(y, decoded)
-    if task != ds.task:  # ordered labels trained as classes: also the ordinal metrics (MAE, Spearman) of its argmax
+    if (
+        task != ds.task
+    ):  # ordered labels trained as classes: also the ordinal metrics (MAE, Spearman) of its argmax
         metrics = TASKS[ds.task].metrics(y, decoded) | {"accuracy": metrics["accuracy"]}
     plan = result.manifest["train"]["plan"]
     return metrics | {
@@ -142,7 +156,9 @@ def plain_loop(base, train, test, ds, seed, epochs, lr, pooling, max_length):
     ref = models.resolve(base)
     tok = models.load_tokenizer(ref)
     model = AutoModelForSequenceClassification.from_pretrained(str(ref.folder), num_labels=len(ds.labels))
-    if pooling == "mean":  # the sentence-transformers way: masked mean of token states instead of [CLS] + pooler
+    if (
+        pooling == "mean"
+    ):  # the sentence-transformers way: masked mean of token states instead of [CLS] + pooler
         # a fresh linear head: transformers' own heads expect token states (RoBERTa's reads position 0 itself)
         encoder, head = model.base_model, torch.nn.Linear(model.config.hidden_size, len(ds.labels))
 
@@ -160,8 +176,14 @@ def plain_loop(base, train, test, ds, seed, epochs, lr, pooling, max_length):
         targets, save = ["query", "value"], ["classifier"]
     else:
         targets, save = None, None
-    lora = LoraConfig(task_type=None if pooling == "mean" else TaskType.SEQ_CLS, r=8, lora_alpha=16,
-                      lora_dropout=0.05, target_modules=targets, modules_to_save=save)
+    lora = LoraConfig(
+        task_type=None if pooling == "mean" else TaskType.SEQ_CLS,
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.05,
+        target_modules=targets,
+        modules_to_save=save,
+    )
     model = get_peft_model(model, lora)
     y = torch.tensor(train[ds.label].map({k: i for i, k in enumerate(ds.labels)}).to_numpy())
     texts = train[ds.text].tolist()
@@ -234,7 +256,12 @@ def interval(values: list[float]) -> dict:
     if len(a) < 2:
         return {"mean": float(a.mean()), "low": None, "high": None, "n": len(a)}
     half = stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a))
-    return {"mean": float(a.mean()), "low": float(a.mean() - half), "high": float(a.mean() + half), "n": len(a)}
+    return {
+        "mean": float(a.mean()),
+        "low": float(a.mean() - half),
+        "high": float(a.mean() + half),
+        "n": len(a),
+    }
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -242,10 +269,20 @@ def summarise(runs: list[dict]) -> list[dict]:
     out = []
     for base, dataset, row in keys:
         rs = [r for r in runs if (r["base"], r["dataset"], r["row"]) == (base, dataset, row)]
-        metrics = {m: interval([r["metrics"][m] for r in rs]) for m in ("accuracy", "mae", "macro_f1") if m in rs[0]["metrics"]}
-        out.append({"base": base, "dataset": dataset, "row": row, "seeds": [r["seed"] for r in rs], **metrics})
+        metrics = {
+            m: interval([r["metrics"][m] for r in rs])
+            for m in ("accuracy", "mae", "macro_f1")
+            if m in rs[0]["metrics"]
+        }
+        out.append(
+            {"base": base, "dataset": dataset, "row": row, "seeds": [r["seed"] for r in rs], **metrics}
+        )
     for base, dataset in sorted({(s["base"], s["dataset"]) for s in out}):
-        cells = [s for s in out if (s["base"], s["dataset"]) == (base, dataset) and s["row"].startswith("plain loop")]
+        cells = [
+            s
+            for s in out
+            if (s["base"], s["dataset"]) == (base, dataset) and s["row"].startswith("plain loop")
+        ]
         if cells:  # the sweep's best cell by mean test accuracy: the bar peftkit's defaults are held to
             best = max(cells, key=lambda s: s["accuracy"]["mean"])
             out.append(best | {"row": "plain loop best: " + best["row"].removeprefix("plain loop ")})
@@ -262,7 +299,9 @@ def cell(s: dict, metric: str, missing: str = "-", dash: str = "-") -> str:
 
 def print_table(summary: list[dict]) -> None:
     for s in summary:
-        print(f"{s['base']:22} {s['dataset']:17} {s['row']:34} acc {cell(s, 'accuracy'):24} mae {cell(s, 'mae')}")
+        print(
+            f"{s['base']:22} {s['dataset']:17} {s['row']:34} acc {cell(s, 'accuracy'):24} mae {cell(s, 'mae')}"
+        )
 
 
 def markdown(summary: list[dict]) -> str:
@@ -289,7 +328,9 @@ def main() -> int:
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--no-sweep", action="store_true", help="skip the plain-loop sweep")
     ap.add_argument("--set", action="append", default=[], help="extra peftkit override for every peftkit row")
-    ap.add_argument("--markdown", action="store_true", help="print the results file at --out as Markdown; run nothing")
+    ap.add_argument(
+        "--markdown", action="store_true", help="print the results file at --out as Markdown; run nothing"
+    )
     args = ap.parse_args()
     if args.markdown:
         print(markdown(json.loads(Path(args.out).read_text())["summary"]))
@@ -319,7 +360,11 @@ def main() -> int:
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=1) + "\n")
         tmp.replace(out)
-        print(f"{base} {name} {row} seed {seed}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
+        print(
+            f"{base} {name} {row} seed {seed}: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)),
+            flush=True,
+        )
 
     for name in args.datasets.split(","):
         ds = DATASETS[name]
@@ -340,7 +385,9 @@ def main() -> int:
                             row = f"peftkit {method}" + (f" as {task}" if task != ds.task else "")
                             if (base, name, row, seed) in done:
                                 continue
-                            m = peftkit_row(ds, base, method, task, seed, files, test, args.max_length, tmp, extra)
+                            m = peftkit_row(
+                                ds, base, method, task, seed, files, test, args.max_length, tmp, extra
+                            )
                             epochs = epochs or int(round(m["epochs"]))
                             record(base, name, row, seed, m)
                     if args.no_sweep:
@@ -356,7 +403,13 @@ def main() -> int:
                             continue
                         started = time.perf_counter()
                         m = plain_loop(base, train, test, ds, seed, epochs, lr, pooling, args.max_length)
-                        record(base, name, row, seed, m | {"seconds": time.perf_counter() - started, "epochs": epochs})
+                        record(
+                            base,
+                            name,
+                            row,
+                            seed,
+                            m | {"seconds": time.perf_counter() - started, "epochs": epochs},
+                        )
     print_table(summarise(runs))
     return 0
 

@@ -107,7 +107,9 @@ def run_baseline(name: str, cfg: RunConfig, splits, callbacks: list) -> Baseline
         args = TrainingArguments(
             output_dir=tmp,
             per_device_train_batch_size=cfg.train.batch_size,
-            num_train_epochs=make_plan(len(splits.train_texts), cfg).epochs,  # the same budget as peftkit's rows
+            num_train_epochs=make_plan(
+                len(splits.train_texts), cfg
+            ).epochs,  # the same budget as peftkit's rows
             max_steps=cfg.train.max_steps,
             learning_rate=lr,
             seed=cfg.train.seed,
