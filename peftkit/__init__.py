@@ -36,7 +36,12 @@ def __getattr__(name: str):
 
 
 def load(
-    adapter: str, *, base: str | None = None, quant: str | None = None, device: str | None = None
+    adapter: str,
+    *,
+    base: str | None = None,
+    quant: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> Predictor:
     """Load an adapter folder onto its base model, ready to predict.
 
@@ -46,10 +51,12 @@ def load(
             when its weights hash differs from the recorded one.
         quant: ``"none"`` or ``"8bit"``; defaults to what the adapter was trained with.
         device: ``"cpu"``, ``"cuda"``...; defaults to CUDA when available.
+        dtype: ``"float32"`` or ``"bfloat16"`` for the base; defaults to the dtype the adapter was trained in, the
+            one that reproduces its predictions exactly. Another dtype trades exactness for speed or portability.
     """
     from peftkit.predictor import load_predictor
 
-    return load_predictor(adapter, base=base, quant=quant, device=device)
+    return load_predictor(adapter, base=base, quant=quant, device=device, dtype=dtype)
 
 
 def train(config: Any, **kwargs: Any) -> Any:

@@ -126,6 +126,12 @@ class TrainConfig(_Strict):
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     seed: int = 42
     gradient_checkpointing: bool = Field(False, description="less activation memory, ~30% slower")
+    compile: bool = Field(
+        False,
+        description="torch.compile the model (fused element-wise work): on a 2-core CPU, SmolLM2 LoRA bf16 steps ran "
+        "~25% faster after ~3.5 minutes of compiling, so it pays only on runs of ~1,000+ steps; needs a C++ compiler "
+        "on CPU and falls back to eager without one",
+    )
     group_by_length: bool = Field(
         True,
         description="batch rows of similar length: less padding, same data; batches are redrawn every epoch",

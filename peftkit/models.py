@@ -295,6 +295,8 @@ def load_base(
     if quant == "8bit":
         kwargs["quantization_config"] = _int8_config(device)
         kwargs["device_map"] = {"": device}
+    if (attention := attention_implementation(kwargs["dtype"], device, quant)) is not None:
+        kwargs["attn_implementation"] = attention
     try:
         with _expected_new_head():
             model = AutoModelForSequenceClassification.from_pretrained(str(base.folder), **kwargs)
@@ -324,6 +326,22 @@ def load_base(
             f"model {base.name}: could not find its classification head (looked for {', '.join(HEAD_NAMES)})"
         )
     return model, heads
+
+
+def attention_implementation(dtype, device: str, quant: str = "none") -> str | None:
+    """The attention kernel for a base stored in `dtype` on `device`; None keeps transformers' default (SDPA).
+
+    A bf16 base on CPU computes attention the eager way (matmul, softmax in float32, matmul): torch's CPU SDPA kernels
+    are several times slower in bf16 than in float32. One layer's forward and backward, measured on AMX
+    (benchmarks/bf16/attention.py): SmolLM2's shape (16 x 9 heads x 64 tokens, causal) 37.6 ms in bf16 SDPA, 9.6 ms
+    eager; MiniLM's (32 x 12 x 64, padded) 93.8 ms SDPA, 13.9 ms eager. Training and loading resolve it the same way
+    from the stored dtype, so a reloaded adapter computes with the kernel it trained with.
+    """
+    import torch
+
+    if device == "cpu" and quant == "none" and dtype == torch.bfloat16:
+        return "eager"
+    return None
 
 
 @contextlib.contextmanager

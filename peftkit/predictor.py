@@ -115,7 +115,12 @@ def prediction_columns(preds: list[Prediction], labels: list[str] | None) -> dic
 
 
 def load_predictor(
-    adapter: str | Path, *, base: str | None = None, quant: str | None = None, device: str | None = None
+    adapter: str | Path,
+    *,
+    base: str | None = None,
+    quant: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> Predictor:
     """Attach a saved adapter to its base; see `peftkit.load`."""
     from peftkit import models
@@ -134,7 +139,7 @@ def load_predictor(
         ref,
         manifest["num_outputs"],
         quant=quant or manifest["quant"],
-        dtype=models.stored_dtype(manifest_dtype(manifest), device),
+        dtype=_dtype(dtype) or models.stored_dtype(manifest_dtype(manifest), device),
         device=device,
         pad_token_id=tokenizer.pad_token_id,
         pooling=manifest.get(
@@ -152,3 +157,11 @@ def load_predictor(
         adapter=folder.name,
         manifest=manifest,
     )
+
+
+def _dtype(value: str | None) -> str | None:
+    if value not in (None, "float32", "bfloat16"):
+        raise PeftkitError(
+            f"dtype={value!r}: use 'float32', 'bfloat16' or None (the dtype the adapter trained in)"
+        )
+    return value

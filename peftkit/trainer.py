@@ -44,12 +44,31 @@ def training_arguments(
         remove_unused_columns=False,
         label_names=["labels"],
         bf16=autocast,
+        torch_compile=cfg.train.compile and _can_compile(device),
         disable_tqdm=not progress,
         dataloader_pin_memory=device.startswith("cuda"),
         use_cpu=device == "cpu",
         # Every trainable parameter (adapter, head) is used in every forward, so DDP need not search for unused ones.
         ddp_find_unused_parameters=False,
     )
+
+
+def _can_compile(device: str) -> bool:
+    """torch.compile on CPU generates C++: without a compiler it would fail at the first step, so train eagerly."""
+    import logging
+    import shutil
+
+    if device == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        logging.getLogger("peftkit").warning(
+            "train.compile: no C++ compiler on PATH, training without torch.compile"
+        )
+        return False
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = (
+        True  # a graph that fails to compile runs eagerly instead of failing
+    )
+    return True
 
 
 def encode(tokenizer, texts: list[str], labels: list, cfg: RunConfig):

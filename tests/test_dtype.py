@@ -16,6 +16,7 @@ from peftkit import models
 from peftkit.adapter import MANIFEST
 from peftkit.bank import check_compatible
 from peftkit.config import load_config
+from peftkit.dropout import BitsDropout
 from peftkit.errors import PeftkitError
 from peftkit.train import train
 
@@ -150,3 +151,30 @@ def test_doctor_names_the_chosen_dtype_and_why(tiny_models, units):
     cfg = load_config(None, {"model.name": str(tiny_models["bert"])})
     detail = check_quant(SimpleNamespace(cfg=cfg, device="cpu")).detail
     assert "base in float32" in detail and "no bf16 matrix units" in detail
+
+
+def test_a_bf16_base_on_cpu_computes_attention_eagerly(tiny_models, intent_csv, tmp_path, units):
+    # torch's CPU SDPA is several times slower in bf16 than float32 (benchmarks/bf16): bf16 bases use eager attention.
+    assert models.attention_implementation(torch.bfloat16, "cpu") == "eager"
+    assert models.attention_implementation(torch.float32, "cpu") is None
+    assert models.attention_implementation(torch.bfloat16, "cpu", quant="8bit") is None
+    assert models.attention_implementation(torch.bfloat16, "cuda") is None
+    units("AMX-BF16")
+    result = _train(tiny_models, intent_csv, tmp_path / "a", "lora")
+    assert result.predictor.model.config._attn_implementation == "eager"
+    assert any(isinstance(m, BitsDropout) for m in result.predictor.model.modules())  # training's dropout
+    reloaded = peftkit.load(str(tmp_path / "a"))
+    assert reloaded.model.config._attn_implementation == "eager"
+    np.testing.assert_array_equal(reloaded.logits(PROBE), result.predictor.logits(PROBE))
+
+
+def test_load_can_override_the_trained_dtype(tiny_models, intent_csv, tmp_path, units):
+    units()
+    result = _train(tiny_models, intent_csv, tmp_path / "a")
+    assert result.manifest["dtype"] == "float32"
+    fast = peftkit.load(str(tmp_path / "a"), dtype="bfloat16")
+    assert any(p.dtype == torch.bfloat16 for p in fast.model.parameters())
+    # Close to the float32 logits (bf16 keeps ~3 significant digits), not identical.
+    np.testing.assert_allclose(fast.logits(PROBE), result.predictor.logits(PROBE), atol=0.1)
+    with pytest.raises(PeftkitError, match="dtype='float16'"):
+        peftkit.load(str(tmp_path / "a"), dtype="float16")

@@ -99,6 +99,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--first", type=int, default=3)
     p.add_argument("--last", type=int, default=9)
+    p.add_argument(
+        "--dtype", default="auto", help="model.dtype: auto (bf16 where the CPU has bf16 units), float32, ..."
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args()
     quiet_libraries()
@@ -110,6 +113,7 @@ def main() -> None:
             "data.max_eval_rows": 32,
             "train.batch_size": args.batch_size,
             "train.epochs": 1,
+            "model.dtype": args.dtype,
         },
     )
     cb = ProfileSteps(args.first, args.last)
@@ -127,6 +131,7 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "recipe": args.recipe,
         "batch_size": args.batch_size,
+        "dtype": args.dtype,
         "steps_profiled": args.last - args.first,
         "wall_seconds": cb.seconds,
         "threads": torch.get_num_threads(),
