@@ -20,7 +20,9 @@ MINILM = (
 )
 
 
-def _save_tiny(folder: Path, arch: str, seed: int) -> Path:
+def save_tiny(folder: Path, arch: str, seed: int, tied: bool = False) -> Path:
+    """A tiny BERT or Llama (random weights from `seed`) with MiniLM's tokenizer, saved to `folder`; `tied`: the
+    Llama's LM head shares the input embeddings, as in SmolLM2 and Gemma."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
@@ -46,7 +48,7 @@ def _save_tiny(folder: Path, arch: str, seed: int) -> Path:
             num_key_value_heads=2,
             max_position_embeddings=256,
             pad_token_id=tokenizer.pad_token_id,
-            tie_word_embeddings=False,
+            tie_word_embeddings=tied,
         )
         model = LlamaForCausalLM(cfg)
     model.save_pretrained(str(folder), safe_serialization=True)
@@ -59,10 +61,10 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """{"bert": folder, "llama": folder, "llama-other": same shapes, other weights}."""
     root = tmp_path_factory.mktemp("models")
     return {
-        "bert": _save_tiny(root / "tiny-bert", "bert", 0),
-        "llama": _save_tiny(root / "tiny-llama", "llama", 0),
-        "llama-other": _save_tiny(root / "tiny-llama-other", "llama", 1),
-        "bert-other": _save_tiny(root / "tiny-bert-other", "bert", 1),
+        "bert": save_tiny(root / "tiny-bert", "bert", 0),
+        "llama": save_tiny(root / "tiny-llama", "llama", 0),
+        "llama-other": save_tiny(root / "tiny-llama-other", "llama", 1),
+        "bert-other": save_tiny(root / "tiny-bert-other", "bert", 1),
     }
 
 

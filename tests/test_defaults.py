@@ -150,25 +150,12 @@ def test_an_ordinal_encoder_head_is_a_cumulative_link(tiny_models, tmp_path):
 
 
 def _tied_llama(folder):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    from tests.conftest import MINILM
+    from tests.conftest import save_tiny
 
-    tok = AutoTokenizer.from_pretrained(str(MINILM))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
-    return folder, tok
+    save_tiny(folder, "llama", 0, tied=True)
+    return folder, AutoTokenizer.from_pretrained(str(folder))
 
 
 def test_a_decoder_head_starts_as_the_lm_head_of_its_label_words(tmp_path):
