@@ -78,7 +78,7 @@ def _train(tiny_models, csv, out, method="lora", **overrides):
     return train(cfg, progress=False)
 
 
-@pytest.mark.parametrize("method", ["lora", "bottleneck"])
+@pytest.mark.parametrize("method", ["lora", "bottleneck", "prefix"])
 def test_bf16_base_float32_head_and_adapter_reload_identically(
     tiny_models, intent_csv, tmp_path, units, method
 ):

@@ -168,3 +168,23 @@ def test_plain_peft_support_is_detected():
 
     base, _ = tiny("bert")
     assert plain_peft_runs_prefix(base) is (Version(transformers.__version__) < Version("5.24"))
+
+
+def test_the_eager_prefix_attention_matches_sdpa():
+    """Over a bf16 base on CPU the prefix attention is computed eagerly; in float32 it must equal SDPA's."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from peftkit.methods.prefix import _eager_attention
+
+    torch.manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=2, layer_idx=0, is_causal=False, training=False)
+    query = torch.randn(2, 4, 5, 8)
+    key, value = torch.randn(2, 2, 7, 8), torch.randn(2, 2, 7, 8)
+    mask = torch.rand(2, 1, 5, 7) > 0.3
+    mask[..., 0] = True  # every query sees at least one key (the prefix's first column)
+    for m in (mask, torch.where(mask, 0.0, torch.finfo(torch.float32).min), None):
+        ours, _ = _eager_attention(module, query, key, value, m, scaling=0.3)
+        theirs, _ = sdpa_attention_forward(module, query, key, value, m, scaling=0.3, is_causal=False)
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)

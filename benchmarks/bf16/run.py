@@ -111,18 +111,22 @@ def run_train(recipe: str, overrides: dict, out: Path, clock: StepClock | None =
     """`train` on `recipe`; `without` switches off this issue's changes: "attention" (SDPA for a bf16 base on CPU, as
     transformers picks) and "dropout" (torch's nn.Dropout), by patching the two functions that decide them."""
     from peftkit import dropout, models
+    from peftkit.methods import prefix
 
     cfg = load_config(recipe_path(recipe), {**overrides, "output": str(out)})
     callbacks = [clock, _Attach(clock)] if clock else []
-    saved = models.attention_implementation, dropout.install
+    saved = models.attention_implementation, dropout.install, prefix._eager_attention
     if "attention" in without:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
         models.attention_implementation = lambda *a, **k: None
+        prefix._eager_attention = sdpa_attention_forward
     if "dropout" in without:
         dropout.install = lambda model: 0
     try:
         return train(cfg, progress=False, callbacks=callbacks)
     finally:
-        models.attention_implementation, dropout.install = saved
+        models.attention_implementation, dropout.install, prefix._eager_attention = saved
 
 
 def _timed_ms(fn, *args, n: int = 20) -> float:
@@ -176,11 +180,18 @@ def part_kernels() -> dict:
     return out
 
 
-def part_speed(peaks: dict) -> dict:
+PREFIX_VARIANTS = {
+    "prefix, float32": ("float32", (), {"method.name": "prefix"}),
+    "prefix, auto": ("auto", (), {"method.name": "prefix"}),
+    "prefix, auto, SDPA": ("auto", ("attention",), {"method.name": "prefix"}),
+}
+
+
+def part_speed(peaks: dict, variants: dict = VARIANTS) -> dict:
     rows = {}
     for base, (recipe, batch, steps) in BASES.items():
         n_rows = batch * (steps + WARMUP)
-        for variant, (dtype, without, extra) in VARIANTS.items():
+        for variant, (dtype, without, extra) in variants.items():
             clock = StepClock()
             with tempfile.TemporaryDirectory() as tmp:
                 result = run_train(
@@ -230,8 +241,6 @@ def part_speed(peaks: dict) -> dict:
                 ),
                 flush=True,
             )
-        f32, auto = rows[f"{base} float32"], rows[f"{base} auto"]
-        rows[f"{base} ratio"] = {"samples_per_second": auto["samples_per_second"] / f32["samples_per_second"]}
     return rows
 
 
@@ -337,16 +346,18 @@ def markdown(result: dict) -> str:
             lines.append(f"| {shape} | " + " | ".join(f"{v:.1f}" for v in row.values()) + " |")
         lines += ["", "| dropout p=0.05 on 832 x 576, fwd + bwd | ms |", "|---|---|"]
         lines += [f"| {name} | {v:.2f} |" for name, v in k["dropout_ms"].items()] + [""]
-    if "speed" in result:
+    for part in ("speed", "prefix"):
+        if part not in result:
+            continue
         lines += [
             "| base | run | dtype | samples/s | vs float32 | real-token FLOP/s | of its dtype's peak | of the best peak "
             "| peak RSS |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        for key, r in result["speed"].items():
-            if key.endswith("ratio"):
-                continue
-            base_f32 = result["speed"][f"{r['base']} float32"]["samples_per_second"]
+        rows = {k: r for k, r in result[part].items() if not k.endswith("ratio")}
+        for r in rows.values():
+            # The first row of each base is its float32 run: the ratio's denominator.
+            base_f32 = next(x for x in rows.values() if x["base"] == r["base"])["samples_per_second"]
             lines.append(
                 f"| {r['base']} | {r['variant']} | {r['dtype_used']} | {r['samples_per_second']:.1f} | "
                 f"{r['samples_per_second'] / base_f32:.2f}x | {r['flops'] / 1e9:,.0f} G | "
@@ -420,6 +431,7 @@ def main() -> None:
         result["peaks"] = {d: matmul_peak("cpu", getattr(torch, d))["flops"] for d in ("float32", "bfloat16")}
     for part in parts:
         fn = {
+            "prefix": lambda: part_speed(result["peaks"], PREFIX_VARIANTS),
             "kernels": part_kernels,
             "speed": lambda: part_speed(result["peaks"]),
             "quality": part_quality,

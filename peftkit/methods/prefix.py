@@ -154,7 +154,30 @@ def _prefix_attention(module, query, key, value, attention_mask, **kwargs):
         key, value = torch.cat([pk, key], dim=2), torch.cat([pv, value], dim=2)
         attention_mask = _open_prefix(module, attention_mask, query.shape[2], tokens, query.device)
         kwargs["is_causal"] = False  # the mask says it all now
+        if query.dtype == torch.bfloat16 and query.device.type == "cpu":
+            return _eager_attention(module, query, key, value, attention_mask, **kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _eager_attention(module, query, key, value, mask, dropout: float = 0.0, scaling=None, **_):
+    """Attention the eager way over a bf16 base on CPU, where torch's SDPA is several times slower in bf16
+    (peftkit.models.attention_implementation): scores, softmax in float32, weighted sum. transformers' own eager
+    functions are per architecture, and this one must take the prefix's mask, hence written here.
+
+    query: (B, Hq, T, D); key/value: (B, H, P + T, D); mask: bool (True attends) or additive, (B or 1, 1, T, P + T).
+    Returns (B, T, Hq, D), as transformers' attention functions do.
+    """
+    if (groups := query.shape[1] // key.shape[1]) > 1:  # grouped-query attention: share each key/value head
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = (query @ key.transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + mask.to(scores.dtype)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return (weights @ value).transpose(1, 2).contiguous(), None
 
 
 def _open_prefix(module, mask, q_len: int, tokens: int, device) -> torch.Tensor | None:
