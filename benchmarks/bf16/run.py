@@ -244,11 +244,13 @@ def part_speed(peaks: dict, variants: dict = VARIANTS) -> dict:
     return rows
 
 
-def part_quality() -> dict:
+def part_quality(bases=tuple(QUALITY), dtypes=DTYPES, seeds=SEEDS) -> dict:
     rows = {}
     for base, (recipe, budget) in QUALITY.items():
-        for dtype in DTYPES:
-            for seed in SEEDS:
+        if base not in bases:
+            continue
+        for dtype in dtypes:
+            for seed in seeds:
                 with tempfile.TemporaryDirectory() as tmp:
                     start = time.perf_counter()
                     over = {**budget, "model.dtype": dtype, "train.seed": seed}
@@ -404,6 +406,13 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _quality_from(spec: str | None):
+    if spec is None:
+        return part_quality
+    base, dtype, seeds = spec.split(":")
+    return lambda: part_quality((base,), (dtype,), tuple(int(x) for x in seeds.split(",")))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", default="kernels,speed,predict,serve,quality")
@@ -434,7 +443,7 @@ def main() -> None:
             "prefix": lambda: part_speed(result["peaks"], PREFIX_VARIANTS),
             "kernels": part_kernels,
             "speed": lambda: part_speed(result["peaks"]),
-            "quality": part_quality,
+            "quality": _quality_from(args.quality),
             "predict": part_predict,
             "serve": part_serve,
         }[part]
