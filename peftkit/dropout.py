@@ -2,8 +2,8 @@
 
 ``nn.Dropout`` on CPU draws its mask with ``bernoulli_``, one random number per element: torch's profiler put it at
 12.5% of a bf16 SmolLM2 LoRA step (LoRA's dropout on every targeted input, 60 calls a step). Filling int64 words
-with random bits and comparing 16 bits per element against a threshold gives the same Bernoulli mask for about a
-third of the time (benchmarks/bf16/README.md). No library offers this, hence the hand-written module.
+with random bits and comparing 16 bits per element against a threshold gives the same Bernoulli mask in less than half
+the time, forward and backward (benchmarks/bf16/README.md). No library offers this, hence the hand-written module.
 
 The keep probability is quantised to 1/65536 and the scale uses the quantised value, so the layer stays unbiased:
 E[dropout(x)] = x. It draws from torch's default generator, so ``torch.manual_seed`` makes runs repeatable. On CUDA,

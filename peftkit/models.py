@@ -333,9 +333,10 @@ def attention_implementation(dtype, device: str, quant: str = "none") -> str | N
 
     A bf16 base on CPU computes attention the eager way (matmul, softmax in float32, matmul): torch's CPU SDPA kernels
     are several times slower in bf16 than in float32. One layer's forward and backward, measured on AMX
-    (benchmarks/bf16/attention.py): SmolLM2's shape (16 x 9 heads x 64 tokens, causal) 37.6 ms in bf16 SDPA, 9.6 ms
-    eager; MiniLM's (32 x 12 x 64, padded) 93.8 ms SDPA, 13.9 ms eager. Training and loading resolve it the same way
-    from the stored dtype, so a reloaded adapter computes with the kernel it trained with.
+    (benchmarks/bf16/run.py, kernels part): SmolLM2's shape (16 x 9 heads x 64 tokens, causal) 30.4 ms in bf16 SDPA,
+    7.5 ms eager (float32 SDPA 9.2 ms); MiniLM's (32 x 12 x 64, padded) 82.1 ms in bf16 SDPA, 13.5 ms eager.
+    Training and loading resolve it the same way from the stored dtype, so a reloaded adapter computes with the
+    kernel it trained with.
     """
     import torch
 

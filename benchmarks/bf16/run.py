@@ -420,6 +420,9 @@ def main() -> None:
         "--out", default=None, help="JSON file; parts already in it are kept unless named in --parts"
     )
     p.add_argument("--markdown", default=None, help="print the tables of a results file and exit")
+    p.add_argument(
+        "--quality", default=None, help="quality part for BASE:DTYPE:SEEDS only (gemma3-270m:auto:42,43)"
+    )
     args = p.parse_args()
     if args.markdown:
         print(markdown(json.loads(Path(args.markdown).read_text())))
