@@ -90,6 +90,14 @@ def non_embedding_params(model) -> int:
     return total
 
 
+def frozen_matmul_params(model) -> int:
+    """The frozen base's non-embedding parameters: the matmuls every token passes through (adapters left out)."""
+    from torch import nn
+
+    embedding = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if not p.requires_grad and id(p) not in embedding)
+
+
 def flop_factor(*, base_trains: bool, gradient_checkpointing: bool) -> int:
     return 4 + (2 if base_trains else 0) + (2 if gradient_checkpointing else 0)
 

@@ -22,6 +22,7 @@ from peftkit.compare.measure import (
     PeakMemory,
     best_matmul_peak,
     flop_factor,
+    frozen_matmul_params,
     inference_speed,
     matmul_peak,
     non_embedding_params,
@@ -59,7 +60,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
             full = key.method == "tutorial" or (key.method in METHODS and METHODS[key.method].full_model)
             facts["base_trains"] = full
             facts["non_embedding_params"] = (
-                non_embedding_params(model) if full else _frozen_matmul_params(model)
+                non_embedding_params(model) if full else frozen_matmul_params(model)
             )
             memory.reset()
 
@@ -149,14 +150,6 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         "versions": package_versions(),
     }
     return record
-
-
-def _frozen_matmul_params(model) -> int:
-    """The frozen base's non-embedding parameters: the matmuls every token passes through (adapters left out)."""
-    from torch import nn
-
-    embedding = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-    return sum(p.numel() for p in model.parameters() if not p.requires_grad and id(p) not in embedding)
 
 
 def _segments(task_name: str, column: str | None, splits, logits_fn) -> dict[str, Any]:
