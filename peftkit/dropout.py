@@ -34,9 +34,8 @@ def keep_mask(x: torch.Tensor, drop: int) -> torch.Tensor:
     """1 / (1 - drop / 65536) where an element is kept, 0 where dropped: a (x.shape) tensor in x's dtype."""
     n = x.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
-    words.random_(
-        -(1 << 63), (1 << 63) - 1
-    )  # the full range: every bit uniform (random_() leaves the top one 0)
+    # The full int64 range, so every bit is uniform (a bare random_() leaves the top bit 0).
+    words.random_(-(1 << 63), (1 << 63) - 1)
     bits = words.view(torch.int16)[:n].view(x.shape)
     keep = bits >= (drop - (_LEVELS // 2))  # int16 runs from -32768: P(keep) = 1 - drop / 65536
     return keep.to(x.dtype).mul_(_LEVELS / (_LEVELS - drop))

@@ -65,9 +65,8 @@ def _can_compile(device: str) -> bool:
         return False
     import torch._dynamo
 
-    torch._dynamo.config.suppress_errors = (
-        True  # a graph that fails to compile runs eagerly instead of failing
-    )
+    # A graph that fails to compile runs eagerly instead of failing the run.
+    torch._dynamo.config.suppress_errors = True
     return True
 
 

@@ -145,6 +145,8 @@ def _prefix_attention(module, query, key, value, attention_mask, **kwargs):
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    from peftkit.models import attention_implementation
+
     if _TRACE is not None:
         _TRACE.append((module, tuple(key.shape)))
     prefix = getattr(module, "_peftkit_prefix", None)
@@ -154,7 +156,7 @@ def _prefix_attention(module, query, key, value, attention_mask, **kwargs):
         key, value = torch.cat([pk, key], dim=2), torch.cat([pv, value], dim=2)
         attention_mask = _open_prefix(module, attention_mask, query.shape[2], tokens, query.device)
         kwargs["is_causal"] = False  # the mask says it all now
-        if query.dtype == torch.bfloat16 and query.device.type == "cpu":
+        if attention_implementation(query.dtype, query.device.type) == "eager":  # the base's own rule
             return _eager_attention(module, query, key, value, attention_mask, **kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
