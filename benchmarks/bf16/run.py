@@ -32,7 +32,7 @@ from transformers import TrainerCallback
 import peftkit
 from peftkit.adapter import package_versions
 from peftkit.cli.common import quiet_libraries
-from peftkit.compare.measure import PeakMemory, matmul_peak
+from peftkit.compare.measure import PeakMemory, frozen_matmul_params, matmul_peak
 from peftkit.config import load_config
 from peftkit.data import read_table
 from peftkit.models import cpu_bf16_units
@@ -75,13 +75,15 @@ class StepClock(TrainerCallback):
         self.params = 0
         self.memory = PeakMemory("cpu")
 
-    def attach(self, model) -> None:
+    def on_train_begin(self, args, state, control, model=None, **kw):
         def count(module, args, kwargs):
             mask = kwargs.get("attention_mask")
             if module.training and mask is not None:
                 self._tokens += int(mask.sum())
 
         model.register_forward_pre_hook(count, with_kwargs=True)
+        self.params = frozen_matmul_params(model)  # what 4 N counts
+        self.memory.reset()  # the training phase's peak RSS, apart from loading
 
     def on_step_begin(self, args, state, control, **kw):
         self._t0, self._tokens = time.perf_counter(), 0
@@ -91,42 +93,22 @@ class StepClock(TrainerCallback):
         self.tokens.append(self._tokens)
 
 
-class _Attach(TrainerCallback):
-    def __init__(self, clock: StepClock):
-        self.clock = clock
-
-    def on_train_begin(self, args, state, control, model=None, **kw):
-        self.clock.attach(model)
-        self.clock.memory.reset()  # the training phase's peak RSS, apart from loading
-        # The frozen base's matmul weights: what 4 N counts (embedding tables are lookups, adapters < 1% of N).
-        embedding = {
-            id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()
-        }
-        self.clock.params = sum(
-            p.numel() for p in model.parameters() if not p.requires_grad and id(p) not in embedding
-        )
-
-
 def run_train(recipe: str, overrides: dict, out: Path, clock: StepClock | None = None, without=()):
     """`train` on `recipe`; `without` switches off this issue's changes: "attention" (SDPA for a bf16 base on CPU, as
     transformers picks) and "dropout" (torch's nn.Dropout), by patching the two functions that decide them."""
     from peftkit import dropout, models
-    from peftkit.methods import prefix
 
     cfg = load_config(recipe_path(recipe), {**overrides, "output": str(out)})
-    callbacks = [clock, _Attach(clock)] if clock else []
-    saved = models.attention_implementation, dropout.install, prefix._eager_attention
+    callbacks = [clock] if clock else []
+    saved = models.attention_implementation, dropout.install
     if "attention" in without:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
         models.attention_implementation = lambda *a, **k: None
-        prefix._eager_attention = sdpa_attention_forward
     if "dropout" in without:
         dropout.install = lambda model: 0
     try:
         return train(cfg, progress=False, callbacks=callbacks)
     finally:
-        models.attention_implementation, dropout.install, prefix._eager_attention = saved
+        models.attention_implementation, dropout.install = saved
 
 
 def _timed_ms(fn, *args, n: int = 20) -> float:
