@@ -18,18 +18,18 @@ __all__ = ["AdapterBank", "PeftkitError", "Predictor", "__version__", "load", "t
 from peftkit.errors import PeftkitError
 
 if TYPE_CHECKING:
-    from peftkit.bank import AdapterBank
-    from peftkit.predictor import Predictor
+    from peftkit.inference.bank import AdapterBank
+    from peftkit.inference.predictor import Predictor
 
 
 def __getattr__(name: str):
     # Lazily: importing peftkit stays cheap (no torch) until a bank or a predictor is used.
     if name == "AdapterBank":
-        from peftkit.bank import AdapterBank
+        from peftkit.inference.bank import AdapterBank
 
         return AdapterBank
     if name == "Predictor":
-        from peftkit.predictor import Predictor
+        from peftkit.inference.predictor import Predictor
 
         return Predictor
     raise AttributeError(f"module 'peftkit' has no attribute {name!r}")
@@ -54,18 +54,18 @@ def load(
         dtype: ``"float32"`` or ``"bfloat16"`` for the base; defaults to the dtype the adapter was trained in, the
             one that reproduces its predictions exactly. Another dtype trades exactness for speed or portability.
     """
-    from peftkit.predictor import load_predictor
+    from peftkit.inference.predictor import load_predictor
 
     return load_predictor(adapter, base=base, quant=quant, device=device, dtype=dtype)
 
 
 def train(config: Any, **kwargs: Any) -> Any:
-    """Train from a resolved `peftkit.config.RunConfig`: one adapter (`peftkit.train.train`), or an adapter bank
-    when the config has ``segments`` (`peftkit.segments.train_bank`)."""
+    """Train from a resolved `peftkit.config.RunConfig`: one adapter (`peftkit.training.loop.train`), or an adapter bank
+    when the config has ``segments`` (`peftkit.training.segments.train_bank`)."""
     if config.segments is not None:
-        from peftkit.segments import train_bank
+        from peftkit.training.segments import train_bank
 
         return train_bank(config, **kwargs)
-    from peftkit.train import train as _train
+    from peftkit.training.loop import train as _train
 
     return _train(config, **kwargs)

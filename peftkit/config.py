@@ -97,7 +97,7 @@ class TrainConfig(_Strict):
         None,
         gt=0,
         description="default: 1, or more on small data so the run takes at least 100 optimizer steps (at most 10 "
-        "epochs; peftkit.plan)",
+        "epochs; peftkit.training.plan)",
     )
     max_steps: int = Field(-1, description="> 0 overrides epochs")
     batch_size: int = Field(16, gt=0)
@@ -108,7 +108,7 @@ class TrainConfig(_Strict):
         None,
         gt=0,
         description="adapter learning rate; default: the method's own (see `peftkit train --help`), scaled up for "
-        "runs under 500 optimizer steps (peftkit.plan)",
+        "runs under 500 optimizer steps (peftkit.training.plan)",
     )
     head_lr: float | None = Field(
         None,

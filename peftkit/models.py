@@ -18,12 +18,11 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from peftkit.adapter import write_text_atomic
+from peftkit.artifacts.io import atomic_folder, write_text_atomic
+from peftkit.artifacts.manifest import Manifest, check_base
 from peftkit.errors import PeftkitError
 
 # Head modules trained with the adapter and kept out of 8-bit quantisation (a quantised head cannot be trained).
@@ -118,7 +117,7 @@ def cache_dir() -> Path:
 def resolve(name: str) -> BaseRef:
     """Turn an alias, folder, .gguf or E5S1 .bin path into a loadable `BaseRef` (converting files on first use)."""
     if name in ALIASES:
-        source = _packaged_path(name)
+        source = packaged_path(name)
     else:
         source = Path(name).expanduser()
         if not source.exists():
@@ -143,7 +142,7 @@ def resolve(name: str) -> BaseRef:
     return BaseRef(name=name, folder=folder.resolve(), source=source.resolve(), sha256=sha)
 
 
-def _packaged_path(alias: str) -> Path:
+def packaged_path(alias: str) -> Path:
     """The weights file or folder of a built-in alias; a chunked file is assembled into the cache on first use."""
     weights = ALIASES[alias].weights
     files = (weights.sums, *weights.chunks) if isinstance(weights, ChunkedFile) else (weights,)
@@ -210,19 +209,8 @@ def _converted(source: Path, sha: str) -> Path:
     logging.getLogger("peftkit").info(
         "converting %s to safetensors once (about %d s; cached in %s)", source.name, seconds, folder
     )
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
-    try:
+    with atomic_folder(folder, first_wins=True) as tmp:  # another process may convert it meanwhile
         write(source, tmp)
-        os.replace(tmp, folder)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (folder / "config.json").is_file():
-            raise
-        # else another process converted it meanwhile (renaming onto its folder fails: not empty)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
@@ -293,7 +281,7 @@ def load_base(
         "dtype": torch_dtype(dtype, device),
     }
     if quant == "8bit":
-        kwargs["quantization_config"] = _int8_config(device)
+        kwargs["quantization_config"] = int8_config(device)
         kwargs["device_map"] = {"": device}
     if (attention := attention_implementation(kwargs["dtype"], device, quant)) is not None:
         kwargs["attn_implementation"] = attention
@@ -437,7 +425,7 @@ def _keep_float32(model) -> None:
             module.register_forward_pre_hook(upcast)
 
 
-def _int8_config(device: str):
+def int8_config(device: str):
     """LLM.int8 config, or a one-line reason why 8-bit cannot run here."""
     import torch
     from transformers import BitsAndBytesConfig
@@ -453,3 +441,21 @@ def _int8_config(device: str):
                 f"--quant 8bit: this GPU has compute capability {major}.{minor}; LLM.int8 needs 7.5 or newer (use --quant none)"
             )
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(_KEEP_FULL_PRECISION))
+
+
+def resolve_adapter_base(manifest: Manifest, folder: Path, base: str | None, how_to_pass: str) -> BaseRef:
+    """The base an adapter attaches to: `base` if given, else its manifest's; refused when its weights differ.
+
+    ``how_to_pass`` names the argument that overrides it (``base=``, ``--base``) for the error message.
+    """
+    name = base or manifest.base.name
+    try:
+        ref = resolve(name)
+    except PeftkitError as exc:
+        if base is None:
+            raise PeftkitError(
+                f"adapter {folder}: its base {name!r} is not available here ({exc}); pass {how_to_pass}"
+            ) from None
+        raise
+    check_base(manifest, folder, name, ref.sha256)
+    return ref

@@ -160,11 +160,24 @@ def _float32_auto():
 
 @pytest.fixture
 def bank_header() -> dict:
-    """The bank-file keys `peftkit.bank.check_compatible` reads, for tests of what it refuses."""
+    """The bank-file keys `BankFile.check_compatible` reads (and the ones a bank file needs), for tests of what it
+    refuses."""
     return {
         "base": {"sha256": "x", "name": "b"},
         "method": "lora",
         "task": "t",
         "labels": None,
         "max_length": 8,
+        "num_outputs": 3,
+        "fallback": "global",
+        "segments": {},
+        "adapters": {},
     }
+
+
+def check_compatible(bank: dict, manifest: dict, folder) -> None:
+    """`BankFile.check_compatible` on a bank file and a manifest given as the JSON they are stored as."""
+    from peftkit.artifacts.bank_file import BankFile
+    from peftkit.artifacts.manifest import Manifest
+
+    BankFile.model_validate(bank).check_compatible(Manifest.model_validate(manifest), folder)

@@ -10,7 +10,7 @@ from safetensors import safe_open
 import peftkit
 from peftkit.config import load_config
 from peftkit.methods.adalora import AdaLoraOptions, describe, schedule
-from peftkit.train import train
+from peftkit.training.loop import train
 from tests.conftest import intent_rows
 
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 import peftkit
-from peftkit.bank import BANK_FILE, AdapterBank, UnknownSegmentError
+from peftkit.artifacts.names import BANK_FILE
+from peftkit.inference.bank import AdapterBank, UnknownSegmentError
 from peftkit.config import load_config
 from peftkit.errors import PeftkitError
-from peftkit.segments import train_bank
-from peftkit.train import train
+from peftkit.training.segments import train_bank
+from peftkit.training.loop import train
 from tests.conftest import intent_rows
 
 TEXTS = [
@@ -261,11 +262,11 @@ def test_small_segments_fall_back_and_no_warm_start_trains_from_scratch(tiny_mod
         tiny_models, tmp_path, method="bottleneck", **{"segments.min_rows": 70, "segments.warm_start": False}
     )
     bank = train_bank(cfg, progress=False).bank
-    ev = bank["segment_evaluation"]
+    ev = bank.segment_evaluation
     small = [v for v, r in ev.items() if r["train_rows"] < 70]
     assert small and all(ev[v]["adapter"] is None and "min_rows 70" in ev[v]["skipped"] for v in small)
-    assert all(v not in bank["segments"] for v in small)
-    for v in bank["segments"]:
+    assert all(v not in bank.segments for v in small)
+    for v in bank.segments:
         manifest = json.loads((tmp_path / "bank" / v / "peftkit.json").read_text())
         assert manifest["warm_start_from"] is None
     with pytest.raises(PeftkitError, match="already holds a bank; pass --overwrite"):
@@ -276,8 +277,8 @@ def test_small_segments_fall_back_and_no_warm_start_trains_from_scratch(tiny_mod
 def test_warm_start_begins_at_the_global_adapter(tiny_models, tmp_path, method):
     """A warm-started adapter before any step answers exactly as the adapter it starts from."""
     from peftkit.data import load_splits
-    from peftkit.predictor import Predictor
-    from peftkit.train import _setup_model
+    from peftkit.inference.predictor import Predictor
+    from peftkit.training.loop import _setup_model
 
     cfg = bank_cfg(tiny_models, tmp_path, method=method).model_copy(update={"segments": None})
     cfg = cfg.model_copy(update={"output": str(tmp_path / "global")})
@@ -293,7 +294,7 @@ def test_warm_start_begins_at_the_global_adapter(tiny_models, tmp_path, method):
 @pytest.mark.parametrize("method", ["lora", "adalora"])
 def test_switching_the_active_adapter_matches_per_row_selection(banks, method):
     """`activate` (the switch path the fast cached-layer switch serves) gives each adapter's own answers."""
-    from peftkit.predictor import Predictor
+    from peftkit.inference.predictor import Predictor
 
     folder = banks(method, "none")
     bank = AdapterBank.open(folder)
@@ -309,7 +310,7 @@ def test_switching_the_active_adapter_matches_per_row_selection(banks, method):
 
 
 def test_build_bank_bundles_separately_trained_adapters(banks, tiny_models, tmp_path):
-    from peftkit.bank import build_bank
+    from peftkit.inference.bank import build_bank
 
     src = banks("bottleneck", "none")
     folder = build_bank(

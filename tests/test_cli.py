@@ -328,7 +328,7 @@ def trained_bank(tiny_models, tmp_path_factory) -> Path:
 
 
 def test_predict_with_a_bank_answers_each_row_with_its_segment(trained_bank, tmp_path):
-    from peftkit.bank import AdapterBank
+    from peftkit.inference.bank import AdapterBank
 
     rows = intent_rows(20, seed=3)
     rows.loc[0, "platform"] = "kiosk"  # no adapter: the global one answers

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 
 from peftkit.config import load_config
-from peftkit.plan import make_plan
-from peftkit.trainer import training_arguments
+from peftkit.training.plan import make_plan
+from peftkit.training.hf_trainer import training_arguments
 
 
 def _args(tmp_path, **overrides):

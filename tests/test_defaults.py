@@ -14,9 +14,9 @@ from transformers import TrainerCallback
 from peftkit import heads
 from peftkit.config import load_config
 from peftkit.errors import PeftkitError
-from peftkit.plan import make_plan
+from peftkit.training.plan import make_plan
 from peftkit.selection import KeepBest
-from peftkit.train import train
+from peftkit.training.loop import train
 from tests.conftest import intent_rows
 
 
@@ -104,7 +104,7 @@ def _run_config(tiny_models, tmp_path, overrides: dict):
 def test_a_run_evaluates_every_epoch_and_writes_the_kept_adapter(tiny_models, tmp_path):
     cfg = _run_config(tiny_models, tmp_path, {"train.epochs": 3, "train.batch_size": 16})
     result = train(cfg, progress=False)
-    selection = result.manifest["train"]["selection"]
+    selection = result.manifest.train.selection
     assert [e["epoch"] for e in selection["evaluations"]] == [1.0, 2.0, 3.0]
     kept = next(e for e in selection["evaluations"] if e["step"] == selection["kept_step"])
     assert kept["accuracy"] == max(e["accuracy"] for e in selection["evaluations"])
@@ -138,7 +138,7 @@ def test_an_ordinal_encoder_head_is_a_cumulative_link(tiny_models, tmp_path):
         {"task": "ordinal", "data.labels": ["weak", "medium", "strong"], "train.max_steps": 6},
     )
     result = train(cfg, progress=False)
-    assert result.manifest["head_init"] == "cumulative"
+    assert result.manifest.head_init == "cumulative"
     layer = next(
         m
         for n, m in result.predictor.model.named_modules()
@@ -205,9 +205,9 @@ def test_verbalizer_is_refused_where_it_cannot_work(tiny_models):
 
 def test_length_grouped_batches_are_redrawn_every_epoch(tiny_models, tmp_path):
     from peftkit import models
-    from peftkit.plan import make_plan
+    from peftkit.training.plan import make_plan
     from peftkit.tasks import TASKS
-    from peftkit.trainer import encode, make_trainer, training_arguments
+    from peftkit.training.hf_trainer import encode, make_trainer, training_arguments
 
     cfg = load_config(None, {"model.name": str(tiny_models["bert"]), "train.batch_size": 16})
     texts = [" ".join(["word"] * (3 + i % 40)) for i in range(270)]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import peftkit
-from peftkit.bank import AdapterBank
+from peftkit.inference.bank import AdapterBank
 from tests.conftest import free_port, intent_rows
 
 PROBE = ["buy now the blue shirt", "just browsing phones", "compare prices of laptop gift"]

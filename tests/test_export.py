@@ -26,7 +26,7 @@ from peftkit.cli.export import export as export_cmd
 from peftkit.config import load_config
 from peftkit.errors import PeftkitError
 from peftkit.export import export_adapter
-from peftkit.train import train
+from peftkit.training.loop import train
 from tests.conftest import intent_rows
 
 PROBE = ["buy now the blue shirt", "just browsing phones", "compare prices of laptop gift", "order two"]

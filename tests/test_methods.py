@@ -17,7 +17,7 @@ from peftkit.config import load_config
 from peftkit.errors import PeftkitError
 from peftkit.methods import METHODS
 from peftkit.methods.prefix import plain_peft_runs_prefix
-from peftkit.train import train
+from peftkit.training.loop import train
 from tests.conftest import intent_rows
 
 ARCHS = ["bert", "llama"]
@@ -94,7 +94,7 @@ def test_only_adapter_and_head_parameters_train(trained, tiny_models, arch, meth
     assert trainable, "nothing was trained"
     assert all(any(m in n for m in ADAPTER_MARKERS) for n in trainable), trainable
     m = result.manifest
-    assert 0 < m["trainable_params"] < m["total_params"]
+    assert 0 < m.trainable_params < m.total_params
     with safe_open(str(result.output / "adapter_model.safetensors"), "pt") as f:
         assert f.keys(), "adapter file is empty"
         assert all(any(mk in k for mk in ADAPTER_MARKERS) for k in f.keys())
@@ -152,7 +152,7 @@ def test_peft_native_adapters_load_with_plain_peft(trained, tiny_models, arch, m
     result = trained(arch, method, "none")
     tok = AutoTokenizer.from_pretrained(str(tiny_models[arch]))
     base = AutoModelForSequenceClassification.from_pretrained(
-        str(tiny_models[arch]), num_labels=result.manifest["num_outputs"], pad_token_id=tok.pad_token_id
+        str(tiny_models[arch]), num_labels=result.manifest.num_outputs, pad_token_id=tok.pad_token_id
     )
     if method == "prefix" and not plain_peft_runs_prefix(base):
         pytest.skip("peft's own prefix path needs past_key_values, which this transformers no longer threads")
@@ -183,7 +183,7 @@ def test_full_fine_tuning_trains_and_saves_every_weight(trained, tiny_models, ar
 
     result = trained(arch, "full", "none")
     m = result.manifest
-    assert m["trainable_params"] == m["total_params"]
+    assert m.trainable_params == m.total_params
     fresh = dict(AutoModel.from_pretrained(str(tiny_models[arch])).named_parameters())
     name = next(n for n in fresh if "layers.0" in n or "layer.0" in n)
     trained_params = dict(result.predictor.model.named_parameters())

@@ -15,7 +15,7 @@ import peftkit
 from peftkit import pooling
 from peftkit.config import load_config
 from peftkit.errors import PeftkitError
-from peftkit.train import train
+from peftkit.training.loop import train
 
 ENCODER = {"model_type": "bert", "architectures": ["BertModel"]}
 DECODER = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
@@ -83,7 +83,7 @@ def test_mean_pooling_trains_saves_and_reloads_identically(tiny_models, intent_c
         },
     )
     result = train(cfg, progress=False)
-    assert result.manifest["pooling"] == "mean" and result.manifest["config"]["model"]["pooling"] == "auto"
+    assert result.manifest.pooling == "mean" and result.manifest.config["model"]["pooling"] == "auto"
     assert isinstance(result.predictor.model.base_model.model.bert.pooler, pooling.MeanPooler)
     probe = ["buy now the blue shirt", "just browsing"]
     reloaded = peftkit.load(str(tmp_path / "a"))
@@ -94,7 +94,7 @@ def test_mean_pooling_trains_saves_and_reloads_identically(tiny_models, intent_c
 def test_a_bank_refuses_adapters_that_pool_differently(bank_header):
     from pathlib import Path
 
-    from peftkit.bank import check_compatible
+    from conftest import check_compatible
 
     bank = bank_header
     manifest = {**bank, "config": {"data": {"max_length": 8}}, "pooling": "mean"}

@@ -17,8 +17,8 @@ import peftkit
 from peftkit.cli import app
 from peftkit.config import load_config
 from peftkit.methods import METHODS
-from peftkit.segments import train_bank
-from peftkit.train import train
+from peftkit.training.segments import train_bank
+from peftkit.training.loop import train
 from tests.conftest import seed_data
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ def test_train_reload_predict(model, method, quant, tmp_path, real_cache, monkey
     reloaded = peftkit.load(str(out))
     # AdaLoRA included: training ends by cutting the pruned ranks in memory, as the saved folder has them.
     np.testing.assert_array_equal(reloaded.logits(PROBE), result.predictor.logits(PROBE))
-    assert result.manifest["base"]["name"] == model and result.manifest["quant"] == quant
+    assert result.manifest.base.name == model and result.manifest.quant == quant
 
     pd.DataFrame({"text": PROBE}).to_csv(tmp_path / "new.csv", index=False)
     cli = CliRunner().invoke(
@@ -100,9 +100,9 @@ def test_every_recipe_trains_end_to_end(recipe, tmp_path, real_cache, monkeypatc
         cfg = cfg.model_copy(update={"segments": cfg.segments.model_copy(update={"min_rows": 2})})
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_train_rows": 80})})
         bank = train_bank(cfg, progress=False).bank
-        assert set(bank["segments"]) == set(cfg.segments.values or bank["segments"]) and bank["segments"]
+        assert set(bank.segments) == set(cfg.segments.values or bank.segments) and bank.segments
         assert (tmp_path / "adapter" / "bank.json").is_file()
         return
     result = train(cfg, progress=False)
-    assert result.manifest["task"] == cfg.task and result.manifest["train"]["steps"] == 2
+    assert result.manifest.task == cfg.task and result.manifest.train.steps == 2
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from peftkit.bank import BANK_FILE, AdapterBank
-from peftkit.segments import train_bank
+from peftkit.artifacts.names import BANK_FILE
+from peftkit.inference.bank import AdapterBank
+from peftkit.training.segments import train_bank
 from tests.conftest import free_port
 from tests.test_bank import TEXTS, bank_cfg
 

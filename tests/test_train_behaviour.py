@@ -9,7 +9,8 @@ from transformers import TrainerCallback
 from peftkit.config import load_config
 from peftkit.errors import NonFiniteLossError
 from peftkit.tasks import TASKS
-from peftkit.train import checkpoint_dir, train
+from peftkit.training.loop import train
+from peftkit.training.plan import checkpoint_dir
 from tests.conftest import intent_rows
 
 PROBE = ["buy now the blue shirt", "just browsing phones", "compare prices of laptop gift"]
@@ -50,7 +51,7 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tiny_models, tmp_path
     assert not (tmp_path / "resumed").exists(), "an interrupted run must not leave an adapter folder"
     assert (checkpoint_dir(tmp_path / "resumed") / "checkpoint-2").is_dir()
     resumed = train(cfg, resume=True, progress=False)
-    assert resumed.manifest["train"]["steps"] == 6
+    assert resumed.manifest.train.steps == 6
     np.testing.assert_allclose(
         resumed.predictor.logits(PROBE), straight.predictor.logits(PROBE), rtol=0, atol=1e-6
     )
@@ -108,7 +109,7 @@ def test_ordinal_and_regression_runs_report_their_metrics(tiny_models, tmp_path)
         ),
         progress=False,
     )
-    assert ordinal.manifest["labels"] == ["weak", "medium", "strong"] and ordinal.manifest["num_outputs"] == 2
+    assert ordinal.manifest.labels == ["weak", "medium", "strong"] and ordinal.manifest.num_outputs == 2
     assert {"accuracy", "mae", "spearman"} <= set(ordinal.metrics)
     pred = peftkit.load(str(ordinal.output)).predict(PROBE)
     assert all(set(p.probabilities) == {"weak", "medium", "strong"} for p in pred)
@@ -117,7 +118,7 @@ def test_ordinal_and_regression_runs_report_their_metrics(tiny_models, tmp_path)
         cfg_for(tiny_models, tmp_path, "regression", task="regression", **{"data.label_column": "score"}),
         progress=False,
     )
-    assert regression.manifest["labels"] is None and regression.manifest["num_outputs"] == 1
+    assert regression.manifest.labels is None and regression.manifest.num_outputs == 1
     assert {"mae", "rmse", "spearman"} <= set(regression.metrics)
     scores = [p.score for p in peftkit.load(str(regression.output)).predict(PROBE)]
     assert all(isinstance(s, float) for s in scores)
@@ -131,7 +132,7 @@ def test_a_relative_base_path_is_recorded_absolute(tiny_models, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     relative = os.path.relpath(tiny_models["bert"], tmp_path)
     result = train(cfg_for(tiny_models, tmp_path, "rel", **{"model.name": relative}), progress=False)
-    assert result.manifest["base"]["name"] == str(tiny_models["bert"].resolve())
+    assert result.manifest.base.name == str(tiny_models["bert"].resolve())
     monkeypatch.chdir(tmp_path.parent)  # elsewhere, the manifest still finds its base
     np.testing.assert_array_equal(
         peftkit.load(str(result.output)).logits(PROBE), result.predictor.logits(PROBE)

@@ -30,14 +30,14 @@ import torch
 from transformers import TrainerCallback
 
 import peftkit
-from peftkit.adapter import package_versions
-from peftkit.cli.common import quiet_libraries
+from peftkit.artifacts.manifest import package_versions
+from peftkit.runtime import quiet_libraries
 from peftkit.compare.measure import PeakMemory, frozen_matmul_params, matmul_peak
 from peftkit.config import load_config
 from peftkit.data import read_table
 from peftkit.models import cpu_bf16_units
 from peftkit.recipes import recipe_path
-from peftkit.train import train
+from peftkit.training.loop import train
 
 BASES = {  # recipe, batch size for the speed part, steps timed after `WARMUP`
     "minilm-l6": ("reviews/minilm-l6_lora", 32, 12),
@@ -191,7 +191,7 @@ def part_speed(peaks: dict, variants: dict = VARIANTS) -> dict:
                     clock,
                     without,
                 )
-                used = result.manifest["dtype"]
+                used = result.manifest.dtype
                 n_params = clock.params
                 peak_bytes = clock.memory.peak()
             timed, tokens = clock.steps[WARMUP:], clock.tokens[WARMUP:]
@@ -208,7 +208,7 @@ def part_speed(peaks: dict, variants: dict = VARIANTS) -> dict:
                 "median_step_seconds": statistics.median(timed),
                 "real_tokens_per_step": sum(tokens) / len(tokens),
                 "non_embedding_params": n_params,
-                "quant": result.manifest["quant"],
+                "quant": result.manifest.quant,
                 "train_peak_rss_bytes": peak_bytes,
                 "flops": flops,
                 "share_of_used_peak": flops / peaks[used],
@@ -241,7 +241,7 @@ def part_quality(bases=tuple(QUALITY), dtypes=DTYPES, seeds=SEEDS) -> dict:
                 rows[f"{base} {dtype} {seed}"] = {
                     "base": base,
                     "dtype_asked": dtype,
-                    "dtype_used": result.manifest["dtype"],
+                    "dtype_used": result.manifest.dtype,
                     "seed": seed,
                     "accuracy": result.metrics["accuracy"],
                     "run_seconds": seconds,
@@ -284,7 +284,7 @@ def part_serve() -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
     from run import serve_load  # benchmarks/serving/run.py
 
-    from peftkit.bank import AdapterBank, build_bank
+    from peftkit.inference.bank import AdapterBank, build_bank
 
     texts = [str(t) for t in read_table("builtin:reviews")["text"].tolist()[-512:]]
     rows = {}

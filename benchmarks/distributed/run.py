@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from peftkit.adapter import package_versions
+from peftkit.artifacts.manifest import package_versions
 
 
 def run(args: list[str], procs: int, threads: int) -> float:

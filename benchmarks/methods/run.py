@@ -20,11 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from peftkit.adapter import package_versions
-from peftkit.cli.common import quiet_libraries
+from peftkit.artifacts.manifest import package_versions
+from peftkit.runtime import quiet_libraries
 from peftkit.config import load_config
 from peftkit.methods import METHODS
-from peftkit.train import train
+from peftkit.training.loop import train
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from peftkit import models
-from peftkit.cli.common import quiet_libraries
+from peftkit.runtime import quiet_libraries
 from peftkit.config import load_config
 from peftkit.data import load_splits
 

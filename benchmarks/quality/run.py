@@ -2,7 +2,7 @@
 
 For each base x dataset x seed, on the same rows:
 
-- peftkit, every method with its defaults (``peftkit.train.train`` with only data, model, method, task, seed and
+- peftkit, every method with its defaults (``peftkit.training.loop.train`` with only data, model, method, task, seed and
   ``data.max_length`` set): picks epochs, learning rates, pooling and the head's start itself, and keeps its best
   epoch on a validation file;
 - a plain peft loop (written from the peft/transformers docs, below, ~40 lines): LoRA r=8/alpha=16 on peft's
@@ -104,7 +104,7 @@ def make_split(ds: Dataset, seed: int, train_rows: int, val_rows: int, test_rows
 def peftkit_row(ds, base, method, task, seed, files, test, max_length, tmp, extra=None):
     from peftkit.config import load_config
     from peftkit.tasks import TASKS
-    from peftkit.train import train
+    from peftkit.training.loop import train
 
     overrides = {
         "task": task,
@@ -130,16 +130,16 @@ def peftkit_row(ds, base, method, task, seed, files, test, max_length, tmp, extr
         task != ds.task
     ):  # ordered labels trained as classes: also the ordinal metrics (MAE, Spearman) of its argmax
         metrics = TASKS[ds.task].metrics(y, decoded) | {"accuracy": metrics["accuracy"]}
-    plan = result.manifest["train"]["plan"]
+    plan = result.manifest.train.plan
     return metrics | {
         "seconds": time.perf_counter() - started,
         "epochs": plan["epochs"],
         "lr": plan["lr"],
         "head_lr": plan["head_lr"],
-        "pooling": result.manifest["pooling"],
-        "dtype": result.manifest["dtype"],
-        "kept_step": (result.manifest["train"].get("selection") or {}).get("kept_step"),
-        "steps": result.manifest["train"]["steps"],
+        "pooling": result.manifest.pooling,
+        "dtype": result.manifest.dtype,
+        "kept_step": (result.manifest.train.get("selection") or {}).get("kept_step"),
+        "steps": result.manifest.train.steps,
     }
 
 
@@ -394,7 +394,7 @@ def main() -> int:
                         continue
                     if epochs is None:
                         from peftkit.config import load_config
-                        from peftkit.plan import make_plan
+                        from peftkit.training.plan import make_plan
 
                         epochs = int(make_plan(len(train), load_config(None, {"method.name": "lora"})).epochs)
                     for lr, pooling in SWEEP:

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 
 import peftkit
-from peftkit.adapter import package_versions
-from peftkit.bank import AdapterBank, build_bank
-from peftkit.cli.common import quiet_libraries
+from peftkit.artifacts.manifest import package_versions
+from peftkit.inference.bank import AdapterBank, build_bank
+from peftkit.runtime import quiet_libraries
 from peftkit.config import load_config
 from peftkit.data import read_table
-from peftkit.train import train
+from peftkit.training.loop import train
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from peftkit.adapter import package_versions
-from peftkit.cli.common import quiet_libraries
+from peftkit.artifacts.manifest import package_versions
+from peftkit.runtime import quiet_libraries
 from peftkit.config import load_config
 from peftkit.data import load_splits
 from peftkit.data.synth import SYNTH_TASKS
 from peftkit.recipes import recipe_path
 from peftkit.tasks import TASKS
-from peftkit.train import train
+from peftkit.training.loop import train
 
 RECIPES = {  # model -> task -> the shipped recipe that answers it
     "minilm-l6": {

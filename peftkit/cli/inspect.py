@@ -29,8 +29,8 @@ def inspect(
     peftkit inspect banks/reviews
     ```
     """
-    from peftkit.adapter import read_manifest
-    from peftkit.bank import is_bank
+    from peftkit.artifacts.bank_file import is_bank
+    from peftkit.artifacts.manifest import read_manifest
     from peftkit.methods import METHODS
 
     if is_bank(adapter):
@@ -43,20 +43,20 @@ def inspect(
     m = read_manifest(adapter)
     info = {
         "adapter": str(adapter),
-        "method": m["method"],
-        "task": m["task"],
-        "labels": m.get("labels"),
-        "base": m["base"],
-        "quant": m["quant"],
-        "trainable_params": m["trainable_params"],
-        "trainable_percent": m["trainable_percent"],
-        "adapter_bytes": m["adapter_bytes"],
-        "metrics": m["metrics"],
-        "data": m["data"],
-        "train": m["train"],
-        "method_details": METHODS[m["method"]].describe(Path(adapter)) if m["method"] in METHODS else {},
+        "method": m.method,
+        "task": m.task,
+        "labels": m.labels,
+        "base": m.base.to_json(),
+        "quant": m.quant,
+        "trainable_params": m.trainable_params,
+        "trainable_percent": m.trainable_percent,
+        "adapter_bytes": m.adapter_bytes,
+        "metrics": m.metrics,
+        "data": m.data.to_json(),
+        "train": m.train.to_json(),
+        "method_details": METHODS[m.method].describe(Path(adapter)) if m.method in METHODS else {},
         "files": {p.name: p.stat().st_size for p in sorted(Path(adapter).iterdir()) if p.is_file()},
-        "versions": m.get("versions", {}),
+        "versions": m.versions,
     }
     emit(info, json_, lambda: _print(info))
 
@@ -106,21 +106,21 @@ def _print(info: dict) -> None:
 
 
 def _inspect_bank(folder: Path, json_: bool) -> None:
-    from peftkit.bank import read_bank_file
+    from peftkit.artifacts.bank_file import read_bank_file
 
     bank = read_bank_file(folder)
     info = {
         "bank": str(folder),
-        "method": bank["method"],
-        "task": bank["task"],
-        "labels": bank.get("labels"),
-        "base": bank["base"],
-        "quant": bank["quant"],
-        "segment_column": bank.get("segment_column"),
-        "fallback": bank["fallback"],
-        "segments": bank["segments"],
-        "adapters": bank["adapters"],
-        "segment_evaluation": bank.get("segment_evaluation", {}),
+        "method": bank.method,
+        "task": bank.task,
+        "labels": bank.labels,
+        "base": bank.base.to_json(),
+        "quant": bank.quant,
+        "segment_column": bank.segment_column,
+        "fallback": bank.fallback,
+        "segments": bank.segments,
+        "adapters": {name: entry.to_json() for name, entry in bank.adapters.items()},
+        "segment_evaluation": bank.segment_evaluation or {},
     }
     emit(info, json_, lambda: _print_bank(info))
 

@@ -119,22 +119,22 @@ def _predict_adapter(adapter, frame, source, text_column, template, base, quant,
 
     model = peftkit.load(str(adapter), base=base, quant=quant)
     model.batch_size = batch_size
-    texts = _texts(frame, model.manifest["config"]["data"], text_column, template, source)
+    texts = _texts(frame, model.manifest.config["data"], text_column, template, source)
     return model.predict_columns(texts), {str(adapter): len(texts)}
 
 
 def _predict_bank(folder, frame, source, segment_column, segment, text_column, template, quant, batch_size):
     from collections import Counter
 
-    from peftkit.bank import AdapterBank
     from peftkit.errors import PeftkitError
+    from peftkit.inference.bank import AdapterBank
 
     bank = AdapterBank.open(folder, quant=quant, batch_size=batch_size)
-    texts = _texts(frame, bank.bank["config"]["data"], text_column, template, source)
+    texts = _texts(frame, bank.bank.config["data"], text_column, template, source)
     if segment is not None:
         segments = segment
     else:
-        column = segment_column or bank.bank.get("segment_column")
+        column = segment_column or bank.bank.segment_column
         if column not in frame.columns:
             raise PeftkitError(
                 f"{source}: no segment column {column!r} (columns: {', '.join(map(str, frame.columns[:12]))}); "

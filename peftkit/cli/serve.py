@@ -51,9 +51,9 @@ def serve(
         -d '{"items": [{"segment": "book", "input": "纸质很差"}, {"segment": "laptop", "input": "散热很好"}]}'
     ```
     """
-    from peftkit.bank import AdapterBank
     from peftkit.errors import PeftkitError
-    from peftkit.serve import ServeLimits, run
+    from peftkit.inference.bank import AdapterBank
+    from peftkit.inference.serve import ServeLimits, run
 
     if quant not in (None, "none", "8bit"):
         raise PeftkitError(f"--quant {quant!r}: use none or 8bit")

@@ -95,7 +95,7 @@ def train(
     """
     from peftkit.config import load_config
     from peftkit.recipes import recipe_path
-    from peftkit.train import train as run_training
+    from peftkit.training.loop import train as run_training
 
     overrides = flag_overrides(locals())
     if output is not None:
@@ -111,14 +111,14 @@ def train(
     m = result.manifest
     summary = {
         "output": str(result.output),
-        "method": m["method"],
-        "base": m["base"]["name"],
-        "task": m["task"],
-        "metrics": m["metrics"],
-        "trainable_params": m["trainable_params"],
-        "adapter_bytes": m.get("adapter_bytes", 0),  # only rank 0 writes (and sizes) the adapter
-        "train_samples_per_second": m["train"]["samples_per_second"],
-        "seconds": m["train"]["seconds"],
+        "method": m.method,
+        "base": m.base.name,
+        "task": m.task,
+        "metrics": m.metrics,
+        "trainable_params": m.trainable_params,
+        "adapter_bytes": m.adapter_bytes or 0,  # only rank 0 writes (and sizes) the adapter
+        "train_samples_per_second": m.train.samples_per_second,
+        "seconds": m.train.seconds,
     }
     emit(summary, json_, lambda: _print_summary(summary))
 
@@ -135,7 +135,7 @@ def _print_summary(s: dict) -> None:
 
 def _train_bank(cfg, *, overwrite: bool, resume: bool, json_: bool) -> None:
     from peftkit.errors import PeftkitError
-    from peftkit.segments import train_bank
+    from peftkit.training.segments import train_bank
 
     if resume:
         raise PeftkitError("--resume does not apply to --segment-column runs yet; rerun without --resume")
@@ -143,12 +143,12 @@ def _train_bank(cfg, *, overwrite: bool, resume: bool, json_: bool) -> None:
         result = train_bank(cfg, overwrite=overwrite)
     summary = {
         "output": str(result.output),
-        "method": result.bank["method"],
-        "segment_column": result.bank["segment_column"],
-        "segments": result.bank["segments"],
+        "method": result.bank.method,
+        "segment_column": result.bank.segment_column,
+        "segments": result.bank.segments,
         "segment_evaluation": result.segment_evaluation,
     }
-    emit(summary, json_, lambda: _print_bank(summary, result.bank["task"]))
+    emit(summary, json_, lambda: _print_bank(summary, result.bank.task))
 
 
 def _print_bank(s: dict, task: str) -> None:

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from peftkit.adapter import replace_folder, write_text_atomic
+from peftkit.artifacts.io import replace_folder, write_text_atomic
 from peftkit.compare.plan import BASELINES, ComparePlan, check_methods, read_plan
 from peftkit.compare.runner import load_failures, load_runs, run_compare
 from peftkit.errors import PeftkitError

@@ -27,7 +27,7 @@ import numpy as np
 from peftkit.config import RunConfig
 from peftkit.errors import PeftkitError
 from peftkit.methods import METHODS
-from peftkit.plan import make_plan
+from peftkit.training.plan import make_plan
 
 TUTORIAL_LENGTH = 128
 TUTORIAL_LR = 5e-5
@@ -65,7 +65,7 @@ def run_baseline(name: str, cfg: RunConfig, splits, callbacks: list) -> Baseline
 
     from peftkit import models
     from peftkit.tasks import TASKS
-    from peftkit.trainer import count_tokens
+    from peftkit.training.hf_trainer import count_tokens
 
     base = models.resolve(
         cfg.model.name

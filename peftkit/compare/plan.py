@@ -131,14 +131,15 @@ def write_or_check_plan(plan: ComparePlan, output: Path) -> ComparePlan:
     Returns the stored plan: the earlier grid widened by this one (methods, quantisations, seeds only grow), a
     record of everything the folder may hold.
     """
-    from peftkit.adapter import _diff_keys, write_json
+    from peftkit.artifacts.adapter_folder import diff_keys
+    from peftkit.artifacts.io import write_json
 
     path = output / PLAN_FILE
     if path.is_file():
         stored = read_plan(output)
         before, now = stored.comparable_part(), plan.comparable_part()
         if before != now:
-            changed = ", ".join(sorted(_diff_keys(before, now))[:6])
+            changed = ", ".join(sorted(diff_keys(before, now))[:6])
             raise PeftkitError(
                 f"{output} holds a compare with other data, split, model, budget or method settings (changed: {changed}); "
                 "use a new --output, or the same settings to resume"

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from peftkit.adapter import write_json
+from peftkit.artifacts.io import write_json
 from peftkit.compare.plan import ComparePlan, RunKey, write_or_check_plan
 from peftkit.errors import PeftkitError
 

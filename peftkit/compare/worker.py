@@ -38,7 +38,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     from transformers import TrainerCallback
 
     from peftkit import models
-    from peftkit.adapter import package_versions
+    from peftkit.artifacts.manifest import package_versions
     from peftkit.config import RunConfig
     from peftkit.data import load_splits
     from peftkit.methods import METHODS
@@ -75,22 +75,22 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         tokens = {"real_tokens": b.real_tokens, "padded_tokens": b.padded_tokens}
         steps = None
     else:
-        from peftkit.train import train
+        from peftkit.training.loop import train
 
         with tempfile.TemporaryDirectory() as tmp:
             cfg = cfg.model_copy(update={"output": str(Path(tmp) / key.id)})
             result = train(cfg, splits=splits, progress=False, callbacks=[Measure()])
         train_peak = memory.peak()
         m = result.manifest
-        metrics, logits_fn = m["metrics"], result.predictor.logits
-        params = {"trainable_params": m["trainable_params"], "total_params": m["total_params"]}
+        metrics, logits_fn = m.metrics, result.predictor.logits
+        params = {"trainable_params": m.trainable_params, "total_params": m.total_params}
         adapter_bytes, seconds, sps = (
-            m["adapter_bytes"],
-            m["train"]["seconds"],
-            m["train"]["samples_per_second"],
+            m.adapter_bytes,
+            m.train.seconds,
+            m.train.samples_per_second,
         )
-        tokens = {k: m["train"][k] for k in ("real_tokens", "padded_tokens")}
-        steps = m["train"]["steps"]
+        tokens = {k: getattr(m.train, k) for k in ("real_tokens", "padded_tokens")}
+        steps = m.train.steps
     # After training, not before: its tensors (384 MiB on GPU) would otherwise count in the run's memory peak.
     peak = matmul_peak(device, models.torch_dtype(cfg.model.dtype, device, cfg.model.quant, cfg.method.name))
     best = best_matmul_peak(device, peak)
@@ -186,8 +186,8 @@ def _device(device: str) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    from peftkit.adapter import write_text_atomic
-    from peftkit.cli.common import quiet_libraries
+    from peftkit.artifacts.io import write_text_atomic
+    from peftkit.runtime import quiet_libraries
 
     quiet_libraries()
     job = json.loads(Path(argv[0]).read_text())

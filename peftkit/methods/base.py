@@ -51,7 +51,7 @@ class MethodSpec:
         summary: one line for ``--help`` and docs.
         options: the method's `MethodOptions` subclass.
         default_lr: learning rate used when the recipe sets none (methods differ by orders of magnitude), for a run
-            of ~500 optimizer steps; shorter runs scale it up (`peftkit.plan`).
+            of ~500 optimizer steps; shorter runs scale it up (`peftkit.training.plan`).
         max_lr_scale: the most that scaling may multiply `default_lr` by (1: never scaled).
         settled_step: ``(options, ctx) -> step`` from which the adapter's shape no longer changes (AdaLoRA's final
             rank pattern): the best checkpoint is chosen among evaluations from that step on.
@@ -71,6 +71,12 @@ class MethodSpec:
         full_model: every weight of the base trains and is saved (full fine-tuning): no adapter to hot-swap.
         mixed_batch: one forward pass serves rows for different adapters when given ``adapter_names=[...]``, one
             name per row (peft's LoRA); other methods are run one adapter group at a time.
+        to_lora: ``(adapter_config, tensors) -> (lora_config, tensors)``: the saved adapter as a plain LoRA, for
+            ``peftkit export`` (LoRA: as saved; AdaLoRA: its SVD triplets folded into A and B). None: the method
+            cannot be exported as LoRA.
+        preflight: ``(options, ctx) -> [warning]``: what ``peftkit doctor`` should warn about in a planned run of
+            this method before it starts (AdaLoRA: a schedule too short to reallocate ranks); ``ctx.total_steps``
+            is the run's optimizer steps.
     """
 
     name: str
@@ -93,3 +99,5 @@ class MethodSpec:
     warm_start: Callable[[nn.Module, Path], None] | None = None
     mixed_batch: bool = False
     full_model: bool = False
+    to_lora: Callable[[dict, dict], tuple[dict, dict]] | None = None
+    preflight: Callable[[Any, MethodContext], list[str]] | None = None

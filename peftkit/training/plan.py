@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from peftkit.config import RunConfig
 from peftkit.methods import METHODS
@@ -90,3 +91,15 @@ def make_plan(n_rows: int, cfg: RunConfig, world: int = 1, head_init: str = "ran
         head_lr = max(lr, min(MAX_HEAD_LR, HEAD_LR_FACTOR * lr))
         why["head_lr"] = f"auto: {HEAD_LR_FACTOR:g} x lr, at most {MAX_HEAD_LR:g}"
     return Plan(epochs=float(epochs), steps=int(steps), lr=float(lr), head_lr=float(head_lr), why=why)
+
+
+def checkpoint_dir(out: Path) -> Path:
+    """Where Trainer keeps a run's checkpoints: beside its adapter folder, removed once the adapter is written."""
+    return out.parent / f".{out.name}.checkpoints"
+
+
+def last_checkpoint(ckpt: Path) -> Path | None:
+    """The newest checkpoint in `ckpt`, the one ``--resume`` continues from; None when there is none."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return Path(found) if ckpt.is_dir() and (found := get_last_checkpoint(str(ckpt))) else None

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from peftkit.errors import PeftkitError
+from peftkit.runtime import world_size
 
 if TYPE_CHECKING:
     from peftkit.config import RunConfig
@@ -42,7 +43,7 @@ Status = Literal["ok", "warn", "fail"]
 # copy and a bank's many adapters add up, and a full disk kills a run at its first save, after the training time.
 DISK_WARN_BYTES = 1 << 30
 DISK_FAIL_BYTES = 100 << 20
-# Trainer keeps this many checkpoints (peftkit.trainer: save_total_limit=2); each holds the adapter and Adam's two
+# Trainer keeps this many checkpoints (peftkit.training.hf_trainer: save_total_limit=2); each holds the adapter and Adam's two
 # moment tensors, so about 3x the adapter.
 _KEPT_CHECKPOINTS = 2
 
@@ -306,11 +307,11 @@ def check_quant(facts: _Facts) -> Check:
 
         dtype, why = resolve_dtype(cfg.model.dtype, facts.device, cfg.model.quant, cfg.method.name)
         return Check("quant", OK, f"none, base in {dtype} ({why}): bitsandbytes not needed")
-    from peftkit.models import _int8_config
+    from peftkit.models import int8_config
 
     try:
         # The very rule loading applies (bitsandbytes present; CUDA compute capability >= 7.5), so the verdicts match.
-        _int8_config(facts.device)
+        int8_config(facts.device)
     except PeftkitError as exc:
         fix = (
             "pip install 'bitsandbytes>=0.47', or use --quant none"
@@ -366,11 +367,9 @@ def check_config(facts: _Facts, source: str | None) -> Check:
     cfg, t = facts.cfg, facts.cfg.train
     where = f"{source}: " if source else ""
     if facts.splits is not None:
-        from peftkit.plan import make_plan
+        from peftkit.training.plan import make_plan
 
-        schedule = make_plan(
-            len(facts.splits.train_texts), cfg, int(os.environ.get("WORLD_SIZE", "1"))
-        ).describe()
+        schedule = make_plan(len(facts.splits.train_texts), cfg, world_size()).describe()
     else:  # the data check failed: what the config alone says
         length = (
             f"{t.max_steps} steps"
@@ -424,7 +423,7 @@ def _model_source(name: str) -> Path:
     if name in models.ALIASES:
         # find_spec only, the package is not imported; a chunked GGUF (gemma3-270m) is joined and hash-checked
         # into the cache once (~2 s) so that its header can be read
-        return models._packaged_path(name)
+        return models.packaged_path(name)
     source = Path(name).expanduser()
     if not source.exists():
         models.resolve(
@@ -604,13 +603,13 @@ def check_method(facts: _Facts) -> Check:
 def _total_steps(facts: _Facts, rows: int | None = None) -> int | None:
     """Optimizer steps of the run (of `rows` training rows when given), as training computes them; None when the
     row count is unknown because the data check failed."""
-    from peftkit.train import _total_steps as total_steps
+    from peftkit.training.plan import make_plan
 
     if rows is None:
         if facts.cfg.train.max_steps <= 0 and facts.splits is None:
             return None
         rows = len(facts.splits.train_texts) if facts.splits is not None else 0
-    return total_steps(rows, facts.cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    return make_plan(rows, facts.cfg, world_size()).steps
 
 
 def check_adalora(facts: _Facts) -> Check | None:
@@ -710,11 +709,11 @@ def check_segments(facts: _Facts) -> Check | None:
             f"column {seg.column!r} not checked: the data check failed",
             "fix the data row first",
         )
-    from peftkit.segments import _chosen_values, _segment_values
+    from peftkit.training.segments import chosen_values, segment_values
 
     # The functions bank training calls: the same missing-column and empty-cell errors, the same value choice.
-    train_seg, _ = _segment_values(facts.splits, seg.column, facts.cfg.data.train)
-    _chosen_values(train_seg, seg.values, seg.column)  # refuses segments.values that never occur
+    train_seg, _ = segment_values(facts.splits, seg.column, facts.cfg.data.train)
+    chosen_values(train_seg, seg.values, seg.column)  # refuses segments.values that never occur
     counts = Counter(train_seg.tolist())
     trained = _segment_adapter_rows(facts)
     rest = {v: n for v, n in counts.most_common() if v not in trained}
@@ -740,19 +739,19 @@ def check_segments(facts: _Facts) -> Check | None:
 
 def check_output(facts: _Facts) -> Check:
     """The output folder: the same refusal training applies, plus what --overwrite and --resume would do there."""
-    from peftkit.segments import _check_bank_output
-    from peftkit.train import _last_checkpoint, checkpoint_dir
+    from peftkit.training.plan import checkpoint_dir, last_checkpoint
+    from peftkit.training.segments import check_bank_output
 
     cfg, out = facts.cfg, facts.output
     if cfg.segments is not None:
-        _check_bank_output(out, facts.overwrite)
+        check_bank_output(out, facts.overwrite)
         if facts.resume:
             raise PeftkitError("--resume does not apply to --segment-column runs yet; rerun without --resume")
     else:
         _check_adapter_output(facts, overwrite=facts.overwrite)
     ckpt = checkpoint_dir(out)
     if facts.resume:
-        last = _last_checkpoint(ckpt)
+        last = last_checkpoint(ckpt)
         if last is None:
             raise PeftkitError(f"--resume: no checkpoint in {ckpt} to continue from; run without --resume")
         return Check("output", OK, f"{out}: --resume continues from {last.name}")
@@ -768,7 +767,7 @@ def check_output(facts: _Facts) -> Check:
         return Check(
             "output", WARN, f"{out} holds {what}: training replaces it", "choose another --output to keep it"
         )
-    if cfg.segments is None and _last_checkpoint(ckpt) is not None:
+    if cfg.segments is None and last_checkpoint(ckpt) is not None:
         return Check(
             "output",
             WARN,
@@ -779,7 +778,7 @@ def check_output(facts: _Facts) -> Check:
 
 
 def _check_adapter_output(facts: _Facts, *, overwrite: bool) -> None:
-    from peftkit.adapter import check_output
+    from peftkit.artifacts.adapter_folder import check_output
 
     check_output(facts.output, facts.cfg.model_dump(mode="json"), overwrite=overwrite)
 

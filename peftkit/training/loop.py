@@ -1,7 +1,7 @@
 """The one training path, for every method: data -> base model -> method -> HF Trainer -> adapter folder.
 
     cfg = peftkit.config.load_config("recipes/reviews/minilm-l6_lora.yaml")
-    result = peftkit.train.train(cfg)
+    result = peftkit.training.loop.train(cfg)
 
 transformers' Trainer does the loop (accumulation, mixed precision, checkpoints, resume, logging, distributed);
 peftkit adds its task losses, method hooks (AdaLoRA's rank allocation, as callbacks) and a NaN guard.
@@ -10,7 +10,6 @@ peftkit adds its task losses, method hooks (AdaLoRA's rank allocation, as callba
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +18,19 @@ from typing import Any
 from peftkit import heads as head_inits
 from peftkit import models
 from peftkit import pooling as poolings
-from peftkit.adapter import FORMAT_VERSION, check_output, package_versions, save_with
+from peftkit.artifacts.adapter_folder import check_output, write_adapter_folder
+from peftkit.artifacts.manifest import FORMAT_VERSION, Manifest, package_versions
 from peftkit.config import RunConfig
 from peftkit.data import Splits, load_splits
 from peftkit.errors import NonFiniteLossError, PeftkitError
+from peftkit.inference.predictor import Predictor
 from peftkit.lock import drift as lock_drift
 from peftkit.methods import METHODS, MethodContext
-from peftkit.plan import Plan, make_plan
-from peftkit.predictor import Predictor
+from peftkit.runtime import world_size
 from peftkit.selection import KeepBest, held_out_evaluator
 from peftkit.tasks import TASKS
-from peftkit.trainer import encode, make_trainer, training_arguments
+from peftkit.training.hf_trainer import encode, make_trainer, training_arguments
+from peftkit.training.plan import Plan, checkpoint_dir, last_checkpoint, make_plan
 
 log = logging.getLogger("peftkit")
 
@@ -37,16 +38,12 @@ log = logging.getLogger("peftkit")
 @dataclass
 class TrainResult:
     output: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     predictor: Predictor
 
     @property
     def metrics(self) -> dict[str, float]:
-        return self.manifest["metrics"]
-
-
-def checkpoint_dir(out: Path) -> Path:
-    return out.parent / f".{out.name}.checkpoints"
+        return self.manifest.metrics
 
 
 def train(
@@ -73,11 +70,13 @@ def train(
         manifest_extra: more keys for the manifest (the segment an adapter is for).
     """
     if cfg.segments is not None:
-        raise PeftkitError("this config trains an adapter bank (segments:); use peftkit.segments.train_bank")
+        raise PeftkitError(
+            "this config trains an adapter bank (segments:); use peftkit.training.segments.train_bank"
+        )
     out = Path(cfg.output or cfg.default_output())
     check_output(out, cfg.model_dump(mode="json"), overwrite=overwrite)
     ckpt = checkpoint_dir(out)
-    last_ckpt = _last_checkpoint(ckpt) if resume else None
+    last_ckpt = last_checkpoint(ckpt) if resume else None
     if resume and last_ckpt is None:
         raise PeftkitError(f"--resume: no checkpoint in {ckpt} to continue from; run without --resume")
 
@@ -162,9 +161,9 @@ def train(
         "plan": run.plan.to_json(),
         "selection": keep_best.summary() if keep_best is not None else None,
     }
-    predictor.manifest = manifest = _manifest(cfg, run, splits, metrics, speed) | (manifest_extra or {})
+    predictor.manifest = manifest = _manifest(cfg, run, splits, metrics, speed, manifest_extra or {})
     if trainer.is_world_process_zero():
-        save_with(lambda tmp: spec.save(run.model, tmp), out, manifest, history)
+        write_adapter_folder(lambda tmp: spec.save(run.model, tmp), out, manifest, history)
         _remove_tree(ckpt)
     return TrainResult(out, manifest, predictor)
 
@@ -184,7 +183,7 @@ class _Run:
     trainable_params: int
     pooling: str
     dtype: str  # resolved from model.dtype: what the frozen base is stored and computes in
-    plan: Plan  # epochs, steps and learning rates (peftkit.plan)
+    plan: Plan  # epochs, steps and learning rates (peftkit.training.plan)
     head_init: str  # resolved from model.head_init (peftkit.heads)
 
 
@@ -227,7 +226,7 @@ def _setup_model(cfg: RunConfig, splits, init_from: Path | None = None) -> _Run:
     if cfg.train.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input-embedding grads, so it also works on a frozen 8-bit base.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     plan = make_plan(len(splits.train_texts), cfg, world, head_init)
     ctx = MethodContext(model.config.model_type, heads, plan.steps, cfg.model.quant == "8bit")
     model = spec.apply(model, cfg.method, ctx)
@@ -251,9 +250,11 @@ def _setup_model(cfg: RunConfig, splits, init_from: Path | None = None) -> _Run:
     )
 
 
-def _manifest(cfg: RunConfig, run: _Run, splits, metrics: dict, speed: dict) -> dict[str, Any]:
+def _manifest(
+    cfg: RunConfig, run: _Run, splits, metrics: dict, speed: dict, extra: dict[str, Any]
+) -> Manifest:
     spec, task = METHODS[cfg.method.name], TASKS[cfg.task]
-    return {
+    fields = {
         "format_version": FORMAT_VERSION,
         "method": spec.name,
         "pooling": run.pooling,  # resolved from model.pooling; reloads pool the same way
@@ -290,6 +291,7 @@ def _manifest(cfg: RunConfig, run: _Run, splits, metrics: dict, speed: dict) -> 
         "versions": package_versions(),
         "versions_vs_lock": lock_drift().to_json(),  # which installed versions differ from the tested lock
     }
+    return Manifest.model_validate(fields | extra)
 
 
 def _needs_autocast(run: _Run) -> bool:
@@ -300,11 +302,6 @@ def _needs_autocast(run: _Run) -> bool:
     return run.dtype == "bfloat16" and all(p.dtype != torch.bfloat16 for p in run.model.parameters())
 
 
-def _total_steps(n_rows: int, cfg: RunConfig, world: int) -> int:
-    """Optimizer steps the run will take, as Trainer computes them (AdaLoRA's schedule needs this up front)."""
-    return make_plan(n_rows, cfg, world).steps
-
-
 def head_parameters(model, head_names) -> list:
     """The trainable parameters of the task head (trained at ``train.head_lr``)."""
     return [
@@ -312,12 +309,6 @@ def head_parameters(model, head_names) -> list:
         for name, p in model.named_parameters()
         if p.requires_grad and any(part in head_names for part in name.split("."))
     ]
-
-
-def _last_checkpoint(ckpt: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return Path(found) if ckpt.is_dir() and (found := get_last_checkpoint(str(ckpt))) else None
 
 
 def _last_loss(history: list[dict]) -> float | None:

@@ -20,24 +20,18 @@ so a base without one would answer at random.
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from peftkit.adapter import manifest_dtype, read_manifest, write_text_atomic
+from peftkit.artifacts.bank_file import BankEntry, BankFile, Fallback, is_adapter_name, read_bank_file
+from peftkit.artifacts.manifest import read_manifest
+from peftkit.artifacts.names import GLOBAL
 from peftkit.errors import PeftkitError
-from peftkit.predictor import Prediction, decode_predictions
-
-BANK_FILE = "bank.json"
-BANK_FORMAT = 1
-GLOBAL = "global"
-Fallback = Literal["global", "error"]
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+from peftkit.inference.predictor import Prediction, decode_predictions
 
 
 class UnknownSegmentError(PeftkitError, KeyError):
@@ -45,78 +39,6 @@ class UnknownSegmentError(PeftkitError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
-
-
-def is_bank(folder: str | Path) -> bool:
-    return (Path(folder) / BANK_FILE).is_file()
-
-
-def read_bank_file(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / BANK_FILE
-    if not path.is_file():
-        raise PeftkitError(
-            f"{folder} is not an adapter bank (no {BANK_FILE}); train one with --segment-column"
-        )
-    try:
-        bank = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PeftkitError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    if bank.get("format_version", 0) > BANK_FORMAT:
-        raise PeftkitError(
-            f"{path} was written by a newer peftkit (format {bank['format_version']}); upgrade"
-        )
-    for key in ("base", "adapters", "segments", "fallback"):
-        if key not in bank:
-            raise PeftkitError(f"{path}: missing key {key!r}; not a bank file written by peftkit")
-    return bank
-
-
-def adapter_folder_name(value: str) -> str:
-    """A safe folder and adapter name for a segment value (which may hold '/', spaces or Chinese)."""
-    if _NAME.match(value) and value != GLOBAL:
-        return value
-    import hashlib
-
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", value).strip("_.-")[:40]
-    return f"{slug or 'segment'}-{hashlib.sha1(value.encode()).hexdigest()[:8]}"
-
-
-def _own_pooling(pooling: str | None) -> str | None:
-    # cls and last are transformers' own pooling, as is no pooling key at all (folders from before it was a setting)
-    return None if pooling in ("cls", "last") else pooling
-
-
-def check_compatible(bank: dict[str, Any], manifest: dict[str, Any], folder: Path) -> None:
-    """Refuse an adapter that cannot share the bank's base and head layout, naming what differs."""
-    if manifest["base"]["sha256"] != bank["base"]["sha256"]:
-        raise PeftkitError(
-            f"adapter {folder} was trained on base {manifest['base']['name']} (sha256 "
-            f"{manifest['base']['sha256'][:12]}), the bank's base is {bank['base']['name']} (sha256 "
-            f"{bank['base']['sha256'][:12]}); a bank holds adapters of one base only"
-        )
-    for key in ("method", "task", "labels"):
-        if manifest.get(key) != bank.get(key):
-            raise PeftkitError(
-                f"adapter {folder} has {key} {manifest.get(key)!r}, the bank {bank.get(key)!r}; a bank holds "
-                "adapters of one method and task with the same labels"
-            )
-    if _own_pooling(manifest.get("pooling")) != _own_pooling(bank.get("pooling")):
-        raise PeftkitError(
-            f"adapter {folder} pools with {manifest.get('pooling')!r}, the bank's base with "
-            f"{bank.get('pooling')!r}; a bank's adapters share one base and so one pooling"
-        )
-    dtype = manifest_dtype(manifest)
-    bank_dtype = bank.get("dtype", "auto")
-    if "auto" not in (dtype, bank_dtype) and dtype != bank_dtype:  # "auto": written before it was resolved
-        raise PeftkitError(
-            f"adapter {folder} was trained over a {dtype} base, the bank's base is {bank_dtype}; a bank's "
-            "adapters share one base, so retrain it with the bank's model.dtype"
-        )
-    if manifest["config"]["data"]["max_length"] != bank["max_length"]:
-        raise PeftkitError(
-            f"adapter {folder} was trained with max_length {manifest['config']['data']['max_length']}, the bank "
-            f"uses {bank['max_length']}; retrain it with the bank's max_length"
-        )
 
 
 class AdapterBank:
@@ -130,7 +52,7 @@ class AdapterBank:
     def __init__(
         self,
         folder: Path,
-        bank: dict[str, Any],
+        bank: BankFile,
         *,
         quant: str | None,
         device: str | None,
@@ -144,13 +66,13 @@ class AdapterBank:
         if max_loaded < 1:
             raise PeftkitError(f"max_loaded must be at least 1, got {max_loaded}")
         self.folder, self.bank = folder, bank
-        self.spec = METHODS[bank["method"]]
+        self.spec = METHODS[bank.method]
         if self.spec.full_model:
             raise PeftkitError(
-                f"bank {folder}: method {bank['method']} saves whole models; a bank needs adapters"
+                f"bank {folder}: method {bank.method} saves whole models; a bank needs adapters"
             )
-        self.task = TASKS[bank["task"]]
-        self.labels: list[str] | None = bank.get("labels")
+        self.task = TASKS[bank.task]
+        self.labels: list[str] | None = bank.labels
         self.max_loaded, self.batch_size = max_loaded, batch_size
         self._lock = threading.RLock()
         # In memory, adapters go by ids of their own ("a0", "a1"...): bank names may hold '.', which torch module
@@ -162,29 +84,27 @@ class AdapterBank:
         self._ids = iter(range(1 << 62))
         self._active: str | None = None  # id of the active adapter
 
-        ref = models.resolve(bank["base"]["name"])
-        if ref.sha256 != bank["base"]["sha256"]:
+        ref = models.resolve(bank.base.name)
+        if ref.sha256 != bank.base.sha256:
             raise PeftkitError(
-                f"bank {folder} was built on base {bank['base']['name']} with sha256 {bank['base']['sha256'][:12]}, "
+                f"bank {folder} was built on base {bank.base.name} with sha256 {bank.base.sha256[:12]}, "
                 f"but that base here has sha256 {ref.sha256[:12]}; install the matching base"
             )
         self._manifests = {}
-        for name, entry in bank["adapters"].items():  # every adapter is checked now, not at its first request
+        for name, entry in bank.adapters.items():  # every adapter is checked now, not at its first request
             path = self._path(entry)
             manifest = read_manifest(path)
-            check_compatible(bank, manifest, path)
+            bank.check_compatible(manifest, path)
             self._manifests[name] = manifest
         self.device = device or models.default_device()
-        self.quant = quant or bank["quant"]
+        self.quant = quant or bank.quant
         self.tokenizer = models.load_tokenizer(ref)
         self._base, _ = models.load_base(
             ref,
-            bank["num_outputs"],
+            bank.num_outputs,
             quant=self.quant,
-            dtype=models.stored_dtype(bank["dtype"], self.device),
-            pooling=bank.get(
-                "pooling"
-            ),  # absent in banks from before pooling was a setting: transformers' own
+            dtype=models.stored_dtype(bank.dtype, self.device),
+            pooling=bank.pooling,  # None in banks from before pooling was a setting: transformers' own
             device=self.device,
             pad_token_id=self.tokenizer.pad_token_id,
         )
@@ -230,16 +150,16 @@ class AdapterBank:
     # -- what the bank holds --------------------------------------------------------------------------------------
 
     @property
-    def adapters(self) -> dict[str, dict[str, Any]]:
-        return self.bank["adapters"]
+    def adapters(self) -> dict[str, BankEntry]:
+        return self.bank.adapters
 
     @property
     def segments(self) -> dict[str, str]:
-        return self.bank["segments"]
+        return self.bank.segments
 
     @property
     def fallback(self) -> str:
-        return self.bank["fallback"]
+        return self.bank.fallback
 
     @property
     def loaded(self) -> list[str]:
@@ -267,24 +187,24 @@ class AdapterBank:
             loaded = set(self._loaded)
         return {
             "bank": str(self.folder),
-            "base": self.bank["base"],
-            "method": self.bank["method"],
-            "task": self.bank["task"],
+            "base": self.bank.base.to_json(),
+            "method": self.bank.method,
+            "task": self.bank.task,
             "labels": self.labels,
             "quant": self.quant,
             "fallback": self.fallback,
-            "segment_column": self.bank.get("segment_column"),
+            "segment_column": self.bank.segment_column,
             "segments": dict(self.segments),
             "adapters": {
                 name: {
-                    "path": entry["path"],
+                    "path": entry.path,
                     "loaded": name in loaded,
-                    "metrics": self._manifests[name].get("metrics"),
-                    "train_rows": self._manifests[name]["data"]["train_rows"],
+                    "metrics": self._manifests[name].metrics,
+                    "train_rows": self._manifests[name].data.train_rows,
                 }
                 for name, entry in self.adapters.items()
             },
-            "segment_evaluation": self.bank.get("segment_evaluation", {}),
+            "segment_evaluation": self.bank.segment_evaluation or {},
         }
 
     # -- predicting -----------------------------------------------------------------------------------------------
@@ -298,7 +218,7 @@ class AdapterBank:
         return decode_predictions(self.task, self.labels, self.logits(texts, names), names)
 
     def predict_columns(self, texts: list[str], segments) -> dict[str, list]:
-        from peftkit.predictor import prediction_columns
+        from peftkit.inference.predictor import prediction_columns
 
         return prediction_columns(self.predict(texts, segments), self.labels)
 
@@ -323,14 +243,14 @@ class AdapterBank:
 
     def logits(self, texts: list[str], adapter_names: list[str]) -> np.ndarray:
         """Head outputs (N, num_outputs), row ``i`` through adapter ``adapter_names[i]``, in input order."""
-        from peftkit.predictor import Predictor
+        from peftkit.inference.predictor import Predictor
 
         if not texts:
-            return np.zeros((0, self.bank["num_outputs"]), dtype=np.float32)
+            return np.zeros((0, self.bank.num_outputs), dtype=np.float32)
         unknown = sorted(set(adapter_names) - set(self.adapters))
         if unknown:
             raise UnknownSegmentError(f"no adapter named {', '.join(unknown)} in bank {self.folder}")
-        out = np.zeros((len(texts), self.bank["num_outputs"]), dtype=np.float32)
+        out = np.zeros((len(texts), self.bank.num_outputs), dtype=np.float32)
         wanted = list(dict.fromkeys(adapter_names))
         with self._lock:
             # More distinct adapters than may be loaded at once: answer them max_loaded at a time.
@@ -340,9 +260,9 @@ class AdapterBank:
                 predictor = Predictor(
                     self.model,
                     self.tokenizer,
-                    task=self.bank["task"],
+                    task=self.bank.task,
                     labels=self.labels,
-                    max_length=self.bank["max_length"],
+                    max_length=self.bank.max_length,
                     adapter="",
                     batch_size=self.batch_size,
                 )
@@ -422,12 +342,12 @@ class AdapterBank:
         ``persist`` the folder is copied into the bank and ``bank.json`` rewritten, so the next open has it too.
         """
         folder = Path(folder)
-        if not _NAME.match(name):
+        if not is_adapter_name(name):
             raise PeftkitError(
                 f"adapter name {name!r}: use letters, digits, '_', '.' or '-' (up to 64), starting with a letter or digit"
             )
         manifest = read_manifest(folder)
-        check_compatible(self.bank, manifest, folder)
+        self.bank.check_compatible(manifest, folder)
         with self._lock:
             if name in self.adapters:
                 raise PeftkitError(
@@ -436,8 +356,9 @@ class AdapterBank:
             path = folder.resolve()
             if persist:
                 path = self._copy_in(name, folder)
-            entry = {"path": _relative(path, self.folder), "train_rows": manifest["data"]["train_rows"]}
-            self.adapters[name] = entry
+            self.adapters[name] = BankEntry(
+                path=_relative(path, self.folder), train_rows=manifest.data.train_rows
+            )
             self._manifests[name] = manifest
             for segment in segments or [name]:
                 self.segments[segment] = name
@@ -462,14 +383,14 @@ class AdapterBank:
             if persist:
                 self._write_bank_file()
 
-    def _path(self, entry: dict[str, Any]) -> Path:
-        path = Path(entry["path"])
+    def _path(self, entry: BankEntry) -> Path:
+        path = Path(entry.path)
         return path if path.is_absolute() else self.folder / path
 
     def _copy_in(self, name: str, folder: Path) -> Path:
         import shutil
 
-        from peftkit.adapter import atomic_folder
+        from peftkit.artifacts.io import atomic_folder
 
         dest = self.folder / name
         if dest.exists():
@@ -479,12 +400,7 @@ class AdapterBank:
         return dest
 
     def _write_bank_file(self) -> None:
-        write_bank_file(self.folder, self.bank)
-
-
-def write_bank_file(folder: Path, bank: dict[str, Any]) -> None:
-    """Write ``bank.json`` through a temporary file and a rename, so readers never see half of it."""
-    write_text_atomic(Path(folder) / BANK_FILE, json.dumps(bank, indent=2, ensure_ascii=False) + "\n")
+        self.bank.write(self.folder)
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -513,41 +429,30 @@ def build_bank(
     """
     import shutil
 
-    from peftkit.adapter import atomic_folder
+    from peftkit.artifacts.io import atomic_folder
 
     folder = Path(folder)
     if folder.exists():
         raise PeftkitError(f"{folder} already exists; choose a new folder for the bank")
     if not adapters:
         raise PeftkitError("a bank needs at least one adapter")
-    bad = [n for n in adapters if not _NAME.match(n)]
+    bad = [n for n in adapters if not is_adapter_name(n)]
     if bad:
         raise PeftkitError(
             f"adapter names {bad}: use letters, digits, '_', '.' or '-', starting with a letter or digit"
         )
     manifests = {name: read_manifest(path) for name, path in adapters.items()}
-    first = next(iter(manifests.values()))
-    data = first["config"]["data"]
-    bank = {
-        "format_version": BANK_FORMAT,
-        "base": {"name": first["base"]["name"], "sha256": first["base"]["sha256"]},
-        "method": first["method"],
-        "task": first["task"],
-        "labels": first.get("labels"),
-        "num_outputs": first["num_outputs"],
-        "quant": first["quant"],
-        "dtype": manifest_dtype(first),
-        "pooling": first.get("pooling"),
-        "max_length": data["max_length"],
-        "segment_column": segment_column,
-        "fallback": fallback,
-        "segments": dict(segments) if segments is not None else {n: n for n in adapters if n != GLOBAL},
-        "adapters": {},
-        "config": first["config"],
-    }
+    bank = BankFile.like(
+        next(iter(manifests.values())),
+        segment_column=segment_column,
+        fallback=fallback,
+        segments=dict(segments) if segments is not None else {n: n for n in adapters if n != GLOBAL},
+        adapters={},
+        config=next(iter(manifests.values())).config,
+    )
     for name, manifest in manifests.items():
-        check_compatible(bank, manifest, Path(adapters[name]))
-    unknown = sorted(set(bank["segments"].values()) - set(adapters))
+        bank.check_compatible(manifest, Path(adapters[name]))
+    unknown = sorted(set(bank.segments.values()) - set(adapters))
     if unknown:
         raise PeftkitError(
             f"segments route to {unknown}, which are not among the adapters {sorted(adapters)}"
@@ -555,10 +460,6 @@ def build_bank(
     with atomic_folder(folder) as tmp:
         for name, path in adapters.items():
             shutil.copytree(path, tmp / name)
-            bank["adapters"][name] = {
-                "path": name,
-                "train_rows": manifests[name]["data"]["train_rows"],
-                "metrics": manifests[name]["metrics"],
-            }
-        write_bank_file(tmp, bank)
+            bank.adapters[name] = BankEntry.of(manifests[name], name)
+        bank.write(tmp)
     return folder

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from peftkit.errors import PeftkitError
+
+if TYPE_CHECKING:
+    from peftkit.artifacts.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class Predictor:
         labels: list[str] | None,
         max_length: int,
         adapter: str,
-        manifest: dict[str, Any] | None = None,
+        manifest: Manifest | None = None,
         batch_size: int = 64,
     ):
         from peftkit.tasks import TASKS
@@ -41,7 +44,7 @@ class Predictor:
         self.model, self.tokenizer = model, tokenizer
         self.task = TASKS[task]
         self.labels, self.max_length, self.adapter = labels, max_length, adapter
-        self.manifest = manifest or {}
+        self.manifest = manifest  # the adapter's peftkit.json; set by training once the run is saved
         self.batch_size = batch_size
 
     @property
@@ -124,36 +127,35 @@ def load_predictor(
 ) -> Predictor:
     """Attach a saved adapter to its base; see `peftkit.load`."""
     from peftkit import models
-    from peftkit.adapter import manifest_dtype, read_manifest, resolve_base
+    from peftkit.artifacts.manifest import read_manifest
     from peftkit.methods import METHODS
+    from peftkit.models import resolve_adapter_base
 
     folder = Path(adapter)
     manifest = read_manifest(folder)
-    spec = METHODS.get(manifest["method"])
+    spec = METHODS.get(manifest.method)
     if spec is None:
-        raise PeftkitError(f"adapter {folder} uses method {manifest['method']!r}, unknown to this peftkit")
-    ref = resolve_base(manifest, folder, base, "base=")
+        raise PeftkitError(f"adapter {folder} uses method {manifest.method!r}, unknown to this peftkit")
+    ref = resolve_adapter_base(manifest, folder, base, "base=")
     device = device or models.default_device()
     tokenizer = models.load_tokenizer(ref)
     model, _ = models.load_base(
         ref,
-        manifest["num_outputs"],
-        quant=quant or manifest["quant"],
-        dtype=_dtype(dtype) or models.stored_dtype(manifest_dtype(manifest), device),
+        manifest.num_outputs,
+        quant=quant or manifest.quant,
+        dtype=_dtype(dtype) or models.stored_dtype(manifest.trained_dtype, device),
         device=device,
         pad_token_id=tokenizer.pad_token_id,
-        pooling=manifest.get(
-            "pooling"
-        ),  # absent in manifests from before pooling was a setting: transformers' own
+        pooling=manifest.pooling,  # None in manifests from before pooling was a setting: transformers' own
     )
     model = spec.attach(model, folder)
     model.eval()
     return Predictor(
         model,
         tokenizer,
-        task=manifest["task"],
-        labels=manifest.get("labels"),
-        max_length=manifest["config"]["data"]["max_length"],
+        task=manifest.task,
+        labels=manifest.labels,
+        max_length=manifest.max_length,
         adapter=folder.name,
         manifest=manifest,
     )

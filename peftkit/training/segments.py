@@ -21,11 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from peftkit.adapter import atomic_folder, replace_folder
-from peftkit.bank import BANK_FILE, BANK_FORMAT, GLOBAL, adapter_folder_name, write_bank_file
+from peftkit.artifacts.bank_file import BankEntry, BankFile, adapter_folder_name
+from peftkit.artifacts.io import atomic_folder, replace_folder
+from peftkit.artifacts.manifest import read_manifest
+from peftkit.artifacts.names import BANK_FILE, GLOBAL
 from peftkit.config import RunConfig
 from peftkit.data import Splits, load_splits
 from peftkit.errors import PeftkitError
+from peftkit.runtime import world_size
 from peftkit.tasks import TASKS
 
 log = logging.getLogger("peftkit")
@@ -34,26 +37,26 @@ log = logging.getLogger("peftkit")
 @dataclass
 class BankResult:
     output: Path
-    bank: dict[str, Any]
+    bank: BankFile
 
     @property
     def segment_evaluation(self) -> dict[str, dict[str, Any]]:
-        return self.bank["segment_evaluation"]
+        return self.bank.segment_evaluation
 
 
 def train_bank(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True) -> BankResult:
     """Train the global and per-segment adapters `cfg.segments` asks for and write the bank folder atomically."""
-    from peftkit.train import train
+    from peftkit.training.loop import train
 
     seg = cfg.segments
     if seg is None:
         raise PeftkitError("train_bank needs cfg.segments (--segment-column)")
     out = Path(cfg.output or cfg.default_output())
-    _check_bank_output(out, overwrite)
+    check_bank_output(out, overwrite)
     task = TASKS[cfg.task]
     splits = load_splits(cfg.data, cfg.task, cfg.train.seed)
-    train_seg, eval_seg = _segment_values(splits, seg.column, cfg.data.train)
-    values = _chosen_values(train_seg, seg.values, seg.column)
+    train_seg, eval_seg = segment_values(splits, seg.column, cfg.data.train)
+    values = chosen_values(train_seg, seg.values, seg.column)
 
     with _bank_folder(out) as (tmp, barrier):
         log.info("segments: global adapter on all %d training rows", len(splits.train_texts))
@@ -62,10 +65,9 @@ def train_bank(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True
         barrier()  # rank 0 has written global/ before any rank warm-starts from it
         global_logits = global_run.predictor.logits(splits.eval_texts)
         global_eval_labels = np.asarray(splits.eval_labels)
-        bank_base = global_run.manifest["base"]
-        bank_pooling = global_run.manifest["pooling"]  # one base, so one pooling for every segment adapter
-        bank_dtype = global_run.manifest["dtype"]  # resolved: the bank serves in what its adapters trained in
-        adapters: dict[str, dict[str, Any]] = {GLOBAL: _entry(global_run.manifest, GLOBAL)}
+        # One base, so one pooling and one dtype for every segment adapter: the bank serves what they trained in.
+        like = global_run.manifest
+        adapters: dict[str, BankEntry] = {GLOBAL: BankEntry.of(global_run.manifest, GLOBAL)}
         del global_run  # frees the model before the segment runs load theirs
 
         evaluation: dict[str, dict[str, Any]] = {}
@@ -87,13 +89,13 @@ def train_bank(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True
             else:
                 jobs.append(value)
 
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        world = world_size()
         if world > 1 and seg.parallel == "segments":
             # Each rank trains every world-th segment alone, in a child process outside the process group (its
             # own GPU on CUDA), then all ranks read what the children wrote.
             _train_in_child(cfg, jobs[_rank() :: world], tmp, progress)
             barrier()
-            manifests = {v: _read_manifest(tmp / adapter_folder_name(v)) for v in jobs}
+            manifests = {v: read_manifest(tmp / adapter_folder_name(v)) for v in jobs}
         else:
             manifests = {}
             for value in jobs:
@@ -103,46 +105,37 @@ def train_bank(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True
         segments: dict[str, str] = {}
         for value in jobs:
             name, record, manifest = adapter_folder_name(value), evaluation[value], manifests[value]
-            adapters[name] = _entry(manifest, name)
+            adapters[name] = BankEntry.of(manifest, name)
             segments[value] = name
             record["adapter"] = name
             if record["eval_rows"]:
-                record["own"] = manifest["metrics"]
+                record["own"] = manifest.metrics
                 record["delta"] = {
                     k: record["own"][k] - record["global"][k]
                     for k in record["own"]
                     if k in record["global"] and not k.startswith("majority")
                 }
 
-        bank = {
-            "format_version": BANK_FORMAT,
-            "base": {"name": bank_base["name"], "sha256": bank_base["sha256"]},
-            "method": cfg.method.name,
-            "task": cfg.task,
-            "labels": splits.labels,
-            "num_outputs": task.num_outputs(splits.labels),
-            "quant": cfg.model.quant,
-            "dtype": bank_dtype,
-            "pooling": bank_pooling,
-            "max_length": cfg.data.max_length,
-            "segment_column": seg.column,
-            "fallback": seg.fallback,
-            "segments": segments,
-            "adapters": adapters,
-            "segment_evaluation": evaluation,
-            "config": cfg.model_dump(mode="json"),
-        }
+        bank = BankFile.like(
+            like,
+            segment_column=seg.column,
+            fallback=seg.fallback,
+            segments=segments,
+            adapters=adapters,
+            segment_evaluation=evaluation,
+            config=cfg.model_dump(mode="json"),
+        )
         if _rank() == 0:
-            write_bank_file(tmp, bank)
+            bank.write(tmp)
     return BankResult(out, bank)
 
 
 def train_segment(cfg: RunConfig, splits: Splits, value: str, folder: Path, progress: bool = True):
     """Train the adapter of segment `value` on its rows of `splits`, into ``folder/<its name>``."""
-    from peftkit.train import train
+    from peftkit.training.loop import train
 
     seg = cfg.segments
-    train_seg, eval_seg = _segment_values(splits, seg.column, cfg.data.train)
+    train_seg, eval_seg = segment_values(splits, seg.column, cfg.data.train)
     train_mask, eval_mask = train_seg == value, eval_seg == value
     name = adapter_folder_name(value)
     log.info(
@@ -213,7 +206,9 @@ def _train_in_child(cfg: RunConfig, values: list[str], folder: Path, progress: b
         json.dump(job, fh)
     try:
         # The child's chatter (Trainer prints its metrics) joins the logs on stderr: stdout carries results only.
-        done = subprocess.run([sys.executable, "-m", "peftkit.segments", fh.name], env=env, stdout=sys.stderr)
+        done = subprocess.run(
+            [sys.executable, "-m", "peftkit.training.segments", fh.name], env=env, stdout=sys.stderr
+        )
     finally:
         os.unlink(fh.name)
     if done.returncode != 0:
@@ -232,16 +227,6 @@ def _child_main(job_file: str) -> None:
         train_segment(cfg, splits, value, Path(job["folder"]), job["progress"])
 
 
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads((folder / "peftkit.json").read_text(encoding="utf-8"))
-
-
-def _entry(manifest: dict[str, Any], name: str) -> dict[str, Any]:
-    return {"path": name, "train_rows": manifest["data"]["train_rows"], "metrics": manifest["metrics"]}
-
-
 def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("PEFTKIT_SEGMENT_RANK", "0")))
 
@@ -254,7 +239,7 @@ def _bank_folder(out: Path):
     on one temporary path (rank 0 creates it), wait for each other after each adapter is written (a warm start reads
     the global adapter), and rank 0 renames the finished folder onto `out`.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world == 1:
         with atomic_folder(out) as tmp:
             yield tmp, lambda: None
@@ -285,7 +270,7 @@ def _bank_folder(out: Path):
         raise
 
 
-def _check_bank_output(out: Path, overwrite: bool) -> None:
+def check_bank_output(out: Path, overwrite: bool) -> None:
     if not out.exists():
         return
     if not out.is_dir():
@@ -298,7 +283,7 @@ def _check_bank_output(out: Path, overwrite: bool) -> None:
         raise PeftkitError(f"--output {out} already holds a bank; pass --overwrite to replace it")
 
 
-def _segment_values(splits: Splits, column: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+def segment_values(splits: Splits, column: str, source: str) -> tuple[np.ndarray, np.ndarray]:
     for side, frame in (("training", splits.train_frame), ("held-out", splits.eval_frame)):
         if column not in frame.columns:
             have = ", ".join(map(str, frame.columns[:12]))
@@ -318,7 +303,7 @@ def _segment_values(splits: Splits, column: str, source: str) -> tuple[np.ndarra
     )
 
 
-def _chosen_values(train_seg: np.ndarray, wanted: list[str] | None, column: str) -> set[str]:
+def chosen_values(train_seg: np.ndarray, wanted: list[str] | None, column: str) -> set[str]:
     present = set(train_seg)
     if wanted is None:
         return present
@@ -367,7 +352,7 @@ def _subset(splits: Splits, train_mask: np.ndarray, eval_mask: np.ndarray, colum
 if __name__ == "__main__":  # the child process of `_train_in_child`
     import sys
 
-    from peftkit.cli.common import quiet_libraries
+    from peftkit.runtime import quiet_libraries
 
     quiet_libraries()  # importing the CLI helpers also gives the peftkit logger its stderr handler
     _child_main(sys.argv[1])

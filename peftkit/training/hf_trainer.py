@@ -8,7 +8,7 @@ from pathlib import Path
 
 from peftkit.config import RunConfig
 from peftkit.errors import NonFiniteLossError, PeftkitError
-from peftkit.plan import Plan
+from peftkit.training.plan import Plan
 
 
 def training_arguments(

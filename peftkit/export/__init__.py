@@ -27,7 +27,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from peftkit.adapter import WEIGHTS, atomic_folder, package_versions, read_manifest, write_json
+from peftkit.artifacts.io import atomic_folder, write_json
+from peftkit.artifacts.manifest import package_versions, read_manifest
+from peftkit.artifacts.names import WEIGHTS
 from peftkit.errors import PeftkitError
 
 log = logging.getLogger("peftkit")
@@ -151,9 +153,9 @@ def _check_output(out: Path, adapter: Path, overwrite: bool) -> None:
 
 
 def _resolve_base(manifest: dict[str, Any], folder: Path, base: str | None):
-    from peftkit.adapter import resolve_base
+    from peftkit.models import resolve_adapter_base
 
-    return resolve_base(manifest, folder, base, "--base")
+    return resolve_adapter_base(manifest, folder, base, "--base")
 
 
 def is_decoder(model_type: str) -> bool:
@@ -406,7 +408,7 @@ def _head_input(manifest: dict[str, Any]) -> str:
 
 
 def _write_merged(folder: Path, manifest: dict[str, Any], tmp: Path, base: str | None) -> dict[str, Any]:
-    from peftkit.predictor import load_predictor
+    from peftkit.inference.predictor import load_predictor
 
     # On the CPU in the adapter's own dtype: the merge is one matmul per module, and the result matches what
     # `peftkit.load` computes.

@@ -26,10 +26,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from peftkit.bank import AdapterBank, UnknownSegmentError
 from peftkit.errors import PeftkitError
+from peftkit.inference.bank import AdapterBank, UnknownSegmentError
 
-log = logging.getLogger("peftkit.serve")
+log = logging.getLogger("peftkit.inference.serve")
 
 
 class Item(BaseModel):
@@ -142,7 +142,7 @@ class _Batcher:
                 start += len(j.texts)
 
     def _predict(self, texts: list[str], adapters: list[str]):
-        from peftkit.predictor import decode_predictions
+        from peftkit.inference.predictor import decode_predictions
 
         logits = self.bank.logits(texts, adapters)
         return decode_predictions(self.bank.task, self.bank.labels, logits, adapters)
@@ -163,7 +163,7 @@ def create_app(bank: AdapterBank, limits: ServeLimits | None = None) -> FastAPI:
 
     app = FastAPI(
         title="peftkit",
-        summary=f"adapter bank {bank.folder}: {bank.bank['task']} with {bank.bank['method']} adapters",
+        summary=f"adapter bank {bank.folder}: {bank.bank.task} with {bank.bank.method} adapters",
         lifespan=lifespan,
     )
     app.state.bank, app.state.batcher = bank, batcher
@@ -311,7 +311,7 @@ def run(bank: AdapterBank, *, host: str, port: int, limits: ServeLimits, log_lev
     import uvicorn
 
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s peftkit.serve %(message)s"))
+    handler.setFormatter(logging.Formatter("%(asctime)s peftkit.inference.serve %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False  # one line per request, with a timestamp, not twice

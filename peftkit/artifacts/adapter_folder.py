@@ -1,0 +1,62 @@
+"""Writing an adapter folder: refuse to overwrite a different one, then write it complete and rename it in place."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from peftkit.artifacts.cards import model_card, write_loss_curve
+from peftkit.artifacts.io import atomic_folder
+from peftkit.artifacts.manifest import Manifest
+from peftkit.artifacts.names import CARD, LOSS_PLOT, MANIFEST, WEIGHTS
+from peftkit.errors import PeftkitError
+
+
+def check_output(out: Path, config: dict[str, Any], *, overwrite: bool) -> None:
+    """Refuse to replace a different adapter (or any non-adapter content) unless told to."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise PeftkitError(f"--output {out} is a file; choose a folder path")
+    if not any(out.iterdir()):
+        return
+    if not (out / MANIFEST).is_file():
+        raise PeftkitError(
+            f"--output {out} exists and is not a peftkit adapter folder; choose another --output"
+        )
+    if overwrite:
+        return
+    old = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("config", {})
+    if old != config:
+        diff = sorted(diff_keys(old, config))
+        raise PeftkitError(
+            f"--output {out} already holds a different adapter ({', '.join(diff[:4])} differ); "
+            "pass --overwrite to replace it or choose another --output"
+        )
+
+
+def diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = set(a) | set(b)
+        return set().union(*(diff_keys(a.get(k), b.get(k), f"{prefix}{k}.") for k in keys)) if keys else set()
+    return {prefix.rstrip(".")} if a != b else set()
+
+
+def adapter_size_bytes(folder: Path) -> int:
+    return (folder / WEIGHTS).stat().st_size
+
+
+def write_adapter_folder(
+    save: Callable[[Path], None], out: Path, manifest: Manifest, log_history: list[dict]
+) -> None:
+    """Write a complete adapter folder at `out`, atomically: weights (via `save`), manifest, card, loss curve."""
+    with atomic_folder(out) as tmp:
+        save(tmp)
+        if not (tmp / WEIGHTS).is_file():
+            raise RuntimeError(f"method {manifest.method} wrote no {WEIGHTS}")
+        manifest.adapter_bytes = adapter_size_bytes(tmp)
+        manifest.write(tmp)
+        (tmp / CARD).write_text(model_card(manifest, out.name), encoding="utf-8")
+        write_loss_curve(log_history, tmp / LOSS_PLOT, f"{manifest.method} on {manifest.base.name}")

@@ -1,0 +1,25 @@
+"""File and folder names of peftkit's on-disk formats, spelled once."""
+
+# adapter folder (peft's own names, so plain peft finds the files)
+ADAPTER_CONFIG = "adapter_config.json"
+WEIGHTS = "adapter_model.safetensors"
+PICKLE_WEIGHTS = "adapter_model.bin"  # refused: peftkit loads safetensors only
+MANIFEST = "peftkit.json"
+CARD = "README.md"
+LOSS_PLOT = "loss.png"
+CHECKPOINTS = "checkpoints"  # Trainer's checkpoints, beside the adapter folder while a run is in progress
+
+# adapter bank
+BANK_FILE = "bank.json"
+GLOBAL = "global"  # the adapter trained on every row, and the folder it lives in
+
+# export folder (peftkit export)
+EXPORT_MANIFEST = "export.json"
+HEAD_WEIGHTS = "head.safetensors"
+HEAD_INFO = "head.json"
+
+# compare folder (peftkit compare)
+COMPARE_PLAN = "compare.json"
+COMPARE_RUNS = "runs"
+REPORT_MD = "report.md"
+REPORT_JSON = "report.json"
