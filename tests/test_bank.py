@@ -11,11 +11,11 @@ import pytest
 
 import peftkit
 from peftkit.artifacts.names import BANK_FILE
-from peftkit.inference.bank import AdapterBank, UnknownSegmentError
 from peftkit.config import load_config
 from peftkit.errors import PeftkitError
-from peftkit.training.segments import train_bank
+from peftkit.inference.bank import AdapterBank, UnknownSegmentError
 from peftkit.training.loop import train
+from peftkit.training.segments import train_bank
 from tests.conftest import intent_rows
 
 TEXTS = [

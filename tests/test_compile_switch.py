@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 
 from peftkit.config import load_config
-from peftkit.training.plan import make_plan
 from peftkit.training.hf_trainer import training_arguments
+from peftkit.training.plan import make_plan
 
 
 def _args(tmp_path, **overrides):

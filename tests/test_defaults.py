@@ -14,9 +14,9 @@ from transformers import TrainerCallback
 from peftkit import heads
 from peftkit.config import load_config
 from peftkit.errors import PeftkitError
-from peftkit.training.plan import make_plan
 from peftkit.selection import KeepBest
 from peftkit.training.loop import train
+from peftkit.training.plan import make_plan
 from tests.conftest import intent_rows
 
 
@@ -205,9 +205,9 @@ def test_verbalizer_is_refused_where_it_cannot_work(tiny_models):
 
 def test_length_grouped_batches_are_redrawn_every_epoch(tiny_models, tmp_path):
     from peftkit import models
-    from peftkit.training.plan import make_plan
     from peftkit.tasks import TASKS
     from peftkit.training.hf_trainer import encode, make_trainer, training_arguments
+    from peftkit.training.plan import make_plan
 
     cfg = load_config(None, {"model.name": str(tiny_models["bert"]), "train.batch_size": 16})
     texts = [" ".join(["word"] * (3 + i % 40)) for i in range(270)]

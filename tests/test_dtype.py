@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import check_compatible
 
 import peftkit
 from peftkit import models
 from peftkit.artifacts.names import MANIFEST
-from conftest import check_compatible
 from peftkit.config import load_config
 from peftkit.dropout import BitsDropout
 from peftkit.errors import PeftkitError

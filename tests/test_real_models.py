@@ -17,8 +17,8 @@ import peftkit
 from peftkit.cli import app
 from peftkit.config import load_config
 from peftkit.methods import METHODS
-from peftkit.training.segments import train_bank
 from peftkit.training.loop import train
+from peftkit.training.segments import train_bank
 from tests.conftest import seed_data
 
 pytestmark = pytest.mark.slow

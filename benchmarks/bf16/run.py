@@ -31,12 +31,12 @@ from transformers import TrainerCallback
 
 import peftkit
 from peftkit.artifacts.manifest import package_versions
-from peftkit.runtime import quiet_libraries
 from peftkit.compare.measure import PeakMemory, frozen_matmul_params, matmul_peak
 from peftkit.config import load_config
 from peftkit.data import read_table
 from peftkit.models import cpu_bf16_units
 from peftkit.recipes import recipe_path
+from peftkit.runtime import quiet_libraries
 from peftkit.training.loop import train
 
 BASES = {  # recipe, batch size for the speed part, steps timed after `WARMUP`

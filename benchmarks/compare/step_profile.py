@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from peftkit.runtime import quiet_libraries
 from peftkit.config import load_config
 from peftkit.recipes import recipe_path
+from peftkit.runtime import quiet_libraries
 from peftkit.training.loop import train
 
 # Profiler op names by what they do. Self time is counted, so each microsecond lands in exactly one leaf op.

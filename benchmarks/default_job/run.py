@@ -26,11 +26,11 @@ from sklearn.linear_model import LogisticRegressionCV
 import peftkit
 from peftkit import models
 from peftkit.artifacts.manifest import package_versions
-from peftkit.runtime import quiet_libraries
 from peftkit.cli.train import DEFAULT_RECIPE
 from peftkit.config import load_config
 from peftkit.data import load_splits
 from peftkit.recipes import recipe_path
+from peftkit.runtime import quiet_libraries
 from peftkit.training.loop import train
 
 BOOTSTRAP = 2000  # resamples of the held-out rows

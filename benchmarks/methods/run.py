@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from peftkit.artifacts.manifest import package_versions
-from peftkit.runtime import quiet_libraries
 from peftkit.config import load_config
 from peftkit.methods import METHODS
+from peftkit.runtime import quiet_libraries
 from peftkit.training.loop import train
 
 

@@ -21,9 +21,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from peftkit import models
-from peftkit.runtime import quiet_libraries
 from peftkit.config import load_config
 from peftkit.data import load_splits
+from peftkit.runtime import quiet_libraries
 
 
 def features(model, tokenizer, texts: list[str], max_length: int, encoder: bool) -> dict[str, np.ndarray]:

@@ -27,10 +27,10 @@ import numpy as np
 
 import peftkit
 from peftkit.artifacts.manifest import package_versions
-from peftkit.inference.bank import AdapterBank, build_bank
-from peftkit.runtime import quiet_libraries
 from peftkit.config import load_config
 from peftkit.data import read_table
+from peftkit.inference.bank import AdapterBank, build_bank
+from peftkit.runtime import quiet_libraries
 from peftkit.training.loop import train
 
 

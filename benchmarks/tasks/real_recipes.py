@@ -25,9 +25,9 @@ from real_baselines import RECIPES, SEEDS, summarise
 
 from peftkit import models
 from peftkit.artifacts.manifest import package_versions
-from peftkit.runtime import quiet_libraries
 from peftkit.config import load_config
 from peftkit.recipes import recipe_path
+from peftkit.runtime import quiet_libraries
 from peftkit.training.loop import train
 
 METRICS = ("accuracy", "auc", "macro_f1", "mae", "spearman", "rmse")

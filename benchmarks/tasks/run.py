@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from peftkit.artifacts.manifest import package_versions
-from peftkit.runtime import quiet_libraries
 from peftkit.config import load_config
 from peftkit.data import load_splits
 from peftkit.data.synth import SYNTH_TASKS
 from peftkit.recipes import recipe_path
+from peftkit.runtime import quiet_libraries
 from peftkit.tasks import TASKS
 from peftkit.training.loop import train
 
