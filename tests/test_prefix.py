@@ -176,7 +176,7 @@ def test_the_eager_prefix_attention_matches_sdpa():
 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from peftkit.methods.prefix import _eager_attention
+    from peftkit.methods.prefix_attention import eager_attention
 
     torch.manual_seed(0)
     module = SimpleNamespace(num_key_value_groups=2, layer_idx=0, is_causal=False, training=False)
@@ -185,6 +185,6 @@ def test_the_eager_prefix_attention_matches_sdpa():
     mask = torch.rand(2, 1, 5, 7) > 0.3
     mask[..., 0] = True  # every query sees at least one key (the prefix's first column)
     for m in (mask, torch.where(mask, 0.0, torch.finfo(torch.float32).min), None):
-        ours, _ = _eager_attention(module, query, key, value, m, scaling=0.3)
+        ours, _ = eager_attention(module, query, key, value, m, scaling=0.3)
         theirs, _ = sdpa_attention_forward(module, query, key, value, m, scaling=0.3, is_causal=False)
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)

@@ -13,10 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from peftkit.artifacts.names import PICKLE_WEIGHTS, WEIGHTS
 from peftkit.errors import PeftkitError
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 DEFAULT_ADAPTER = "default"
 
 
@@ -58,11 +57,11 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    if not (folder / WEIGHTS_NAME).is_file():
+    if not (folder / WEIGHTS).is_file():
         if (folder / "adapter_model.bin").is_file():
             raise PeftkitError(
-                f"{folder} holds adapter_model.bin, a pickle: peftkit loads adapters from {WEIGHTS_NAME} only "
+                f"{folder} holds {PICKLE_WEIGHTS}, a pickle: peftkit loads adapters from {WEIGHTS} only "
                 "(unpickling can run arbitrary code)"
             )
-        raise PeftkitError(f"{folder} has no {WEIGHTS_NAME}")
-    return load_file(str(folder / WEIGHTS_NAME))
+        raise PeftkitError(f"{folder} has no {WEIGHTS}")
+    return load_file(str(folder / WEIGHTS))

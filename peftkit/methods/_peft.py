@@ -8,10 +8,10 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from peftkit.artifacts.names import WEIGHTS
+
 if TYPE_CHECKING:
     from torch import nn
-
-WEIGHTS_NAME = "adapter_model.safetensors"
 
 
 def apply_peft(base: nn.Module, peft_config) -> nn.Module:
@@ -114,7 +114,7 @@ def warm_start_peft(model: nn.Module, folder: Path) -> None:
 
     from peftkit.errors import PeftkitError
 
-    saved = load_file(str(Path(folder) / WEIGHTS_NAME))
+    saved = load_file(str(Path(folder) / WEIGHTS))
     fresh = get_peft_model_state_dict(model)
     missing, unexpected = sorted(fresh.keys() - saved.keys()), sorted(saved.keys() - fresh.keys())
     if missing or unexpected:

@@ -21,11 +21,10 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from peftkit.artifacts.names import ADAPTER_CONFIG, WEIGHTS
 from peftkit.errors import PeftkitError
 from peftkit.methods._own import (
-    CONFIG_NAME,
     DEFAULT_ADAPTER,
-    WEIGHTS_NAME,
     find_module,
     head_params,
     head_tensors,
@@ -222,7 +221,7 @@ def save(model: BottleneckModel, folder: Path) -> None:
     tensors = {
         k: p.detach().to("cpu").contiguous() for k, p in _saved_params(model, model.active_adapter).items()
     }
-    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt"})
     config = {
         "peftkit_method": "bottleneck",
         "options": model.options.model_dump(),
@@ -230,13 +229,13 @@ def save(model: BottleneckModel, folder: Path) -> None:
         "head_names": list(model.head_names),
         "model_type": model.config.model_type,
     }
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _read_config(folder: Path) -> dict:
-    path = Path(folder) / CONFIG_NAME
+    path = Path(folder) / ADAPTER_CONFIG
     if not path.is_file():
-        raise PeftkitError(f"{folder} has no {CONFIG_NAME}: not an adapter folder")
+        raise PeftkitError(f"{folder} has no {ADAPTER_CONFIG}: not an adapter folder")
     config = json.loads(path.read_text())
     if config.get("peftkit_method") != "bottleneck":
         raise PeftkitError(f"{path} is not a peftkit bottleneck adapter ({config.get('peftkit_method')=})")

@@ -20,11 +20,9 @@ from typing import Literal
 import torch
 from torch import nn
 
+from peftkit.artifacts.names import ADAPTER_CONFIG, WEIGHTS
 from peftkit.errors import PeftkitError
 from peftkit.methods.base import MethodContext, MethodOptions, MethodSpec
-
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 
 
 class FullOptions(MethodOptions):
@@ -32,11 +30,6 @@ class FullOptions(MethodOptions):
 
 
 def apply(base: nn.Module, opts: FullOptions, ctx: MethodContext) -> nn.Module:
-    if ctx.quantized:
-        raise PeftkitError(
-            "--method full cannot train an 8-bit base: int8 weights take no gradient; use --quant none "
-            "or a PEFT method (lora, adalora, prefix, bottleneck)"
-        )
     if any(p.dtype != torch.float32 for p in base.parameters()):
         base = base.float()  # fp32 master weights: AdamW on bf16 weights loses small updates
     return base.requires_grad_(True)
@@ -50,14 +43,14 @@ def save(model: nn.Module, folder: Path) -> None:
     # tie nothing) share storage, which safetensors refuses: each is stored once and `attach` re-ties them.
     tied = _tied_names(model)
     tensors = {k: t.detach().to("cpu").contiguous() for k, t in model.state_dict().items() if k not in tied}
-    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-    (folder / CONFIG_NAME).write_text(json.dumps({"peftkit_method": "full"}, indent=2) + "\n")
+    save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt"})
+    (folder / ADAPTER_CONFIG).write_text(json.dumps({"peftkit_method": "full"}, indent=2) + "\n")
 
 
 def attach(base: nn.Module, folder: Path, name: str = "default") -> nn.Module:
     from safetensors.torch import load_file
 
-    weights = load_file(str(Path(folder) / WEIGHTS_NAME))
+    weights = load_file(str(Path(folder) / WEIGHTS))
     tied = _tied_names(base)
     result = base.float().load_state_dict(weights, strict=False)
     missing = [k for k in result.missing_keys if k not in tied]
