@@ -59,6 +59,22 @@ def cache_dir() -> Path:
 
 def resolve(name: str) -> BaseRef:
     """Turn an alias, folder, .gguf or E5S1 .bin path into a loadable `BaseRef` (converting files on first use)."""
+    source = source_path(name)
+    if source.is_file():
+        sha = weights_hash(source)
+        folder = _converted(source, sha)
+    else:
+        if not (source / "config.json").is_file():
+            raise PeftkitError(
+                f"model folder {source} has no config.json; pass a folder written by save_pretrained()"
+            )
+        folder, sha = source, weights_hash(source)
+    return BaseRef(name=name, folder=folder.resolve(), source=source.resolve(), sha256=sha)
+
+
+def source_path(name: str) -> Path:
+    """The file or folder a model name points at (an alias's packaged weights), refused when it is none peftkit
+    reads; nothing is hashed or converted."""
     if name in ALIASES:
         source = packaged_path(name)
     else:
@@ -69,20 +85,16 @@ def resolve(name: str) -> BaseRef:
                 ".bin file; "
                 "model hubs are unreachable offline, so save the model with save_pretrained() and pass its folder"
             )
-    if source.is_file():
-        if source.suffix not in CONVERTERS:
-            raise PeftkitError(
-                f"model file {source} is not a .gguf or E5S1 .bin file; pass a Hugging Face folder or such a file"
-            )
-        sha = weights_hash(source)
-        folder = _converted(source, sha)
-    else:
-        if not (source / "config.json").is_file():
-            raise PeftkitError(
-                f"model folder {source} has no config.json; pass a folder written by save_pretrained()"
-            )
-        folder, sha = source, weights_hash(source)
-    return BaseRef(name=name, folder=folder.resolve(), source=source.resolve(), sha256=sha)
+    if source.is_file() and source.suffix not in CONVERTERS:
+        raise PeftkitError(
+            f"model file {source} is not a .gguf or E5S1 .bin file; pass a Hugging Face folder or such a file"
+        )
+    return source
+
+
+def needs_conversion(source: Path) -> bool:
+    """`source` is a file `resolve` converts to a cached Hugging Face folder on first use (a .gguf, an E5S1 .bin)."""
+    return source.is_file() and source.suffix in CONVERTERS
 
 
 def packaged_path(alias: str) -> Path:
@@ -118,11 +130,7 @@ def weights_hash(source: Path) -> str:
 
     Hashing a 500 MB checkpoint takes ~1 s, so results are cached by (path, size, mtime).
     """
-    files = (
-        [source]
-        if source.is_file()
-        else sorted(p for p in source.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
-    )
+    files = [source] if source.is_file() else weight_files(source)
     if not files:
         raise PeftkitError(f"model folder {source} holds no *.safetensors or *.bin weights")
     key = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
@@ -138,6 +146,16 @@ def weights_hash(source: Path) -> str:
     index[key] = digest.hexdigest()
     write_text_atomic(index_path, json.dumps(index, indent=0))
     return index[key]
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """A model folder's weight files (*.safetensors, *.bin), in name order."""
+    return sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+
+
+def converted_copies(source: Path) -> list[Path]:
+    """Cached Hugging Face folders already converted from a file named like `source` (found by name, not hash)."""
+    return sorted(p.parent for p in (cache_dir() / "models").glob(f"{source.stem}-*/config.json"))
 
 
 def _converted(source: Path, sha: str) -> Path:

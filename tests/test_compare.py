@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from peftkit.cli import app
-from peftkit.compare import measure, report
+from peftkit.compare import charts, measure, report, table
 from peftkit.compare.measure import flop_factor, non_embedding_params
 from tests.conftest import intent_rows
 
@@ -90,7 +90,7 @@ def test_report_files_and_rerender(compared):
         and "**Recommendation.**" in md
         and "accuracy per segment" in md
     )
-    for chart in report.CHARTS:
+    for chart in charts.CHARTS:
         assert (out / "charts" / chart).stat().st_size > 1000
     again = runner.invoke(app, ["compare", "--results", str(out), "--json"])
     assert again.exit_code == 0, again.output
@@ -246,12 +246,12 @@ def test_flop_share_is_also_shown_against_the_best_native_dtype(monkeypatch):
     records = [_record("lora", s, 0.8, sps=30, peak=500) for s in (0, 1)]
     old = report.build_rows(records)[0]  # records from before the best peak was measured
     assert old.best_dtype is None and old.best_flops_share.mean == 0.5
-    assert report.table_rows([old], "classification")[0][7] == "50% (60%)"
+    assert table.table_rows([old], "classification")[0][7] == "50% (60%)"
     for r in records:
         r["flops"] |= {"matmul_peak": fp32, "best_peak": bf16, "real_share_of_best_peak": 0.125}
     row = report.build_rows(records)[0]
     assert row.best_dtype == "bfloat16"
-    assert report.table_rows([row], "classification")[0][7] == "50% (60%); 12% of bfloat16"
+    assert table.table_rows([row], "classification")[0][7] == "50% (60%); 12% of bfloat16"
     goal = {g.goal: g for g in report.goals([row], "classification")}[
         "LoRA FLOP/s on real tokens vs measured matmul peak"
     ]

@@ -17,9 +17,10 @@ from typer.testing import CliRunner
 from peftkit import doctor
 from peftkit.cli import doctor as doctor_cmd
 from peftkit.config import load_config
-from peftkit.doctor import FAIL, OK, WARN, adalora_plan, has_failures, run_checks
+from peftkit.doctor import FAIL, OK, WARN, has_failures, run_checks
 from peftkit.errors import PeftkitError
 from peftkit.methods import METHODS
+from peftkit.methods.adalora import allocation_plan as adalora_plan
 
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 
@@ -151,7 +152,7 @@ def test_8bit_on_a_turing_or_newer_gpu_runs_the_int8_check_there(
 ):
     _fake_gpu(monkeypatch, (7, 5))
     tried = []
-    monkeypatch.setattr(doctor, "int8_smoke_test", lambda device: tried.append(device))
+    monkeypatch.setattr(doctor.environment, "int8_smoke_test", lambda device: tried.append(device))
     by = rows(run_checks(config(tiny_models, intent_csv, tmp_path / "out", **{"model.quant": "8bit"})))
     assert tried == ["cuda"]
     assert by["quant"].status == OK, by["quant"]

@@ -314,7 +314,7 @@ def test_existing_output_needs_overwrite_and_failures_leave_no_folder(adapters, 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(export_module, "_write_head", broken)
+    monkeypatch.setattr(export_module, "write_head", broken)
     with pytest.raises(RuntimeError):
         export_adapter(adapters["lora"], "peft-lora", tmp_path / "fresh")
     assert not (tmp_path / "fresh").exists() and not list(tmp_path.glob(".fresh.tmp-*"))

@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from peftkit.artifacts.io import write_text_atomic
-from peftkit.artifacts.manifest import Manifest, _Record, validated
+from peftkit.artifacts.io import read_json, write_text_atomic
+from peftkit.artifacts.manifest import Manifest, Record, validated
 from peftkit.artifacts.names import BANK_FILE, GLOBAL
 from peftkit.errors import PeftkitError
 
@@ -19,12 +19,12 @@ Fallback = Literal["global", "error"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class BankBase(_Record):
+class BankBase(Record):
     name: str
     sha256: str
 
 
-class BankEntry(_Record):
+class BankEntry(Record):
     """One adapter of the bank: its folder (relative to the bank), training rows and held-out metrics."""
 
     path: str
@@ -36,7 +36,7 @@ class BankEntry(_Record):
         return cls(path=name, train_rows=manifest.data.train_rows, metrics=manifest.metrics)
 
 
-class BankFile(_Record):
+class BankFile(Record):
     format_version: int = 0
     base: BankBase
     method: str
@@ -125,10 +125,7 @@ def read_bank_file(folder: str | Path) -> BankFile:
         raise PeftkitError(
             f"{folder} is not an adapter bank (no {BANK_FILE}); train one with --segment-column"
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PeftkitError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise PeftkitError(f"{path}: not a bank file written by peftkit (a JSON object expected)")
     if data.get("format_version", 0) > BANK_FORMAT:

@@ -1,4 +1,4 @@
-"""Atomic writes: a file or folder is written under a temporary name beside its target and renamed into place.
+"""Reading JSON files with one-line errors, and atomic writes: a file or folder is written under a temporary name beside its target and renamed into place.
 
 Rename is atomic on one file system, so a reader (or a kill) never sees half a file; on failure the temporary
 is removed. Every writer in peftkit goes through here.
@@ -14,6 +14,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from peftkit.errors import PeftkitError
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in `path`, or a one-line error naming the file, line and what is wrong."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PeftkitError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
 
 
 @contextmanager

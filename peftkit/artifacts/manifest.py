@@ -8,26 +8,28 @@ was built or read with, so files round-trip unchanged. Keys this version does no
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from peftkit.artifacts.io import read_json, write_json
 from peftkit.artifacts.names import MANIFEST, PICKLE_WEIGHTS, WEIGHTS
 from peftkit.errors import PeftkitError
 
 FORMAT_VERSION = 1
 
 
-class _Record(BaseModel):
+class Record(BaseModel):
+    """A JSON file's typed model: unknown keys kept, written back with only the keys it was built or read with."""
+
     model_config = ConfigDict(extra="allow")
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_unset=True)
 
 
-class BaseIdentity(_Record):
+class BaseIdentity(Record):
     """The base an adapter attaches to: its name (alias, or absolute path) and the sha256 of its weights."""
 
     name: str
@@ -36,7 +38,7 @@ class BaseIdentity(_Record):
     architecture: str | None = None
 
 
-class DataSummary(_Record):
+class DataSummary(Record):
     train_source: str | None = None
     eval_source: str | None = None
     train_rows: int = 0
@@ -44,13 +46,13 @@ class DataSummary(_Record):
     synthetic: bool = False
 
 
-class TrainSummary(_Record):
+class TrainSummary(Record):
     steps: int = 0
     seconds: float = 0.0
     samples_per_second: float = 0.0
 
 
-class Manifest(_Record):
+class Manifest(Record):
     format_version: int = 0
     method: str
     pooling: str | None = None  # resolved model.pooling; absent before it was a setting (transformers' own)
@@ -87,8 +89,6 @@ class Manifest(_Record):
         return self.config["data"]["max_length"]
 
     def write(self, folder: Path) -> None:
-        from peftkit.artifacts.io import write_json
-
         write_json(Path(folder) / MANIFEST, self.to_json())
 
 
@@ -106,10 +106,7 @@ def read_manifest(folder: str | Path) -> Manifest:
     path = folder / MANIFEST
     if not path.is_file():
         raise PeftkitError(f"{folder} has no {MANIFEST}: not an adapter folder written by peftkit train")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PeftkitError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    data = read_json(path)
     if isinstance(data, dict) and data.get("format_version", 0) > FORMAT_VERSION:
         raise PeftkitError(
             f"adapter {folder} was written by a newer peftkit (format {data['format_version']}); upgrade"
@@ -117,7 +114,7 @@ def read_manifest(folder: str | Path) -> Manifest:
     return validated(Manifest, data, path)
 
 
-def validated(model: type[_Record], data: Any, path: Path):
+def validated(model: type[Record], data: Any, path: Path):
     """`data` as `model`, or a one-line error naming the file and the first key that is missing or wrong."""
     try:
         return model.model_validate(data)

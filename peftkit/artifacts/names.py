@@ -20,6 +20,10 @@ HEAD_INFO = "head.json"
 
 # compare folder (peftkit compare)
 COMPARE_PLAN = "compare.json"
-COMPARE_RUNS = "runs"
+COMPARE_RUNS = "runs"  # runs/<id>.json: one finished run's record
+COMPARE_FAILED = ".failed.json"  # runs/<id>.failed.json: why that run failed; the next compare retries it
+COMPARE_LOGS = "logs"  # logs/<id>.log: each run's own output
+COMPARE_COMMANDS = "commands.txt"  # every command run into the folder, one a line
+COMPARE_CHARTS = "charts"  # beside report.md, which links the charts by this relative path
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shlex
 import sys
 from pathlib import Path
@@ -87,62 +88,40 @@ def compare(
     """
     from rich.console import Console
 
-    from peftkit.compare import ComparePlan, check_methods, render, run_compare
-    from peftkit.config import load_config
-    from peftkit.recipes import recipe_path
+    from peftkit.artifacts.names import REPORT_MD
+    from peftkit.compare import CompareInterrupted, CompareRequest, check_methods, compare_recipe, render
 
     console = Console(stderr=True)
     if not console.is_terminal:  # a log file or CI: rich would wrap the table at 80 columns
         console = Console(stderr=True, width=150)
+    shown = None if json_ else console
     if results is not None:
-        data = render(results, console=None if json_ else console)
-        emit(data, json_, lambda: typer.echo(f"report: {results / 'report.md'}"))
+        data = render(results, console=shown)
+        emit(data, json_, lambda: typer.echo(f"report: {results / REPORT_MD}"))
         return
-    recipe = recipe or "reviews/minilm-l6_lora"
     method_list = list(dict.fromkeys(m.strip() for m in methods.split(",") if m.strip()))  # lora,lora: once
     check_methods(method_list)
     quants = _quants(quant)
     overrides = run_overrides(model=model, epochs=epochs, max_steps=max_steps, set_=set_)
     if max_train_rows is not None:
         overrides["data.max_train_rows"] = max_train_rows
-    cfg = load_config(recipe_path(recipe), overrides)
-    if segment_column is not None:
-        _check_segment_column(cfg, segment_column)
-    if baselines and cfg.task != "classification":
-        console.print(
-            f"baselines skipped: transformers' built-in head trains classification only, not {cfg.task}"
-        )
-    plan = ComparePlan(
-        recipe=recipe,
-        config=cfg.model_dump(mode="json"),
+    request = CompareRequest(
+        recipe=recipe or "reviews/minilm-l6_lora",
         methods=method_list,
         quants=quants,
-        seeds=[cfg.train.seed + i for i in range(seeds)],
-        baselines=baselines and cfg.task == "classification",
+        seeds=seeds,
+        overrides=overrides,
+        baselines=baselines,
         segment_column=segment_column,
+        output=output,
     )
-    out = output or Path("results") / recipe.removesuffix(".yaml").replace("/", "_")
+    say = functools.partial(console.print, highlight=False, markup=False)
     try:
-        run_compare(plan, out, say=lambda line: console.print(line, highlight=False, markup=False))
-    except KeyboardInterrupt:
-        typer.echo(
-            f"interrupted; finished runs are kept in {out / 'runs'}: the same command resumes", err=True
-        )
+        data = compare_recipe(request, say=say, commands=[_command_line()], console=shown)
+    except CompareInterrupted as stop:
+        typer.echo(f"interrupted; finished runs are kept in {stop.runs}: the same command resumes", err=True)
         raise typer.Exit(130) from None
-    data = render(out, commands=[_command_line()], console=None if json_ else console)
-    emit(data, json_, lambda: typer.echo(f"report: {out / 'report.md'}"))
-
-
-def _check_segment_column(cfg, column: str) -> None:
-    from peftkit.data import load_splits
-    from peftkit.errors import PeftkitError
-
-    frame = load_splits(cfg.data, cfg.task, cfg.train.seed).eval_frame
-    if column not in frame.columns:
-        raise PeftkitError(
-            f"--segment-column {column}: the rows of {cfg.data.train} have no such column; "
-            f"columns: {', '.join(map(str, frame.columns))}"
-        )
+    emit(data, json_, lambda: typer.echo(f"report: {request.folder / REPORT_MD}"))
 
 
 def _quants(text: str) -> list[str]:

@@ -63,17 +63,18 @@ def export(
 
 
 def _print(summary: dict) -> None:
-    src = summary["source"]
-    if summary["merged"]:
-        m = summary["merged_model"]
+    from peftkit.export.record import ExportRecord
+
+    record, output = ExportRecord.model_validate(summary), summary["output"]
+    if record.merged:
+        m = record.merged_model
         typer.echo(
-            f"wrote {m['architecture']} with the {src['method']} adapter merged in ({m['dtype']}) to "
-            f"{summary['output']}"
+            f"wrote {m.architecture} with the {record.source.method} adapter merged in ({m.dtype}) to {output}"
         )
         return
-    lora = summary["lora"]
-    converted = " (converted from AdaLoRA)" if "adalora" in lora else ""
+    lora = record.lora
+    converted = " (converted from AdaLoRA)" if lora.adalora is not None else ""
     typer.echo(
-        f"wrote {summary['target']} LoRA{converted} to {summary['output']}: {lora['modules']} modules, ranks up "
-        f"to {lora['max_rank']}; task head in {summary['head']['file']}"
+        f"wrote {record.target} LoRA{converted} to {output}: {lora.modules} modules, ranks up "
+        f"to {lora.max_rank}; task head in {record.head.file}"
     )

@@ -30,18 +30,24 @@ def inspect(
     ```
     """
     from peftkit.artifacts.bank_file import is_bank
-    from peftkit.artifacts.manifest import read_manifest
-    from peftkit.methods import METHODS
+    from peftkit.artifacts.names import EXPORT_MANIFEST
 
     if is_bank(adapter):
         _inspect_bank(adapter, json_)
-        return
-    if (adapter / "export.json").is_file():
+    elif (adapter / EXPORT_MANIFEST).is_file():
         _inspect_export(adapter, json_)
-        return
+    else:
+        info = _adapter_info(adapter)
+        emit(info, json_, lambda: _print(info))
+
+
+def _adapter_info(adapter: Path) -> dict:
+    """What `peftkit inspect --json` shows for an adapter folder, from its manifest and files."""
+    from peftkit.artifacts.manifest import read_manifest
+    from peftkit.methods import METHODS
 
     m = read_manifest(adapter)
-    info = {
+    return {
         "adapter": str(adapter),
         "method": m.method,
         "task": m.task,
@@ -58,18 +64,23 @@ def inspect(
         "files": {p.name: p.stat().st_size for p in sorted(Path(adapter).iterdir()) if p.is_file()},
         "versions": m.versions,
     }
-    emit(info, json_, lambda: _print(info))
 
 
 def _print(info: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
     table = Table(title=f"adapter {info['adapter']}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    base = info["base"]
+    for key, value in _rows(info):
+        table.add_row(key, value)
+    Console().print(table)
+
+
+def _rows(info: dict) -> list[tuple[str, str]]:
+    """The (name, value) rows of the adapter table."""
+    base, data, train = info["base"], info["data"], info["train"]
     rows = [
         ("method", info["method"]),
         ("task", info["task"] + (f" ({' < '.join(info['labels'])})" if info["task"] == "ordinal" else "")),
@@ -82,12 +93,12 @@ def _print(info: dict) -> None:
         ("adapter size", f"{info['adapter_bytes'] / 1e6:.2f} MB"),
         (
             "data",
-            f"{info['data']['train_rows']:,} train / {info['data']['eval_rows']:,} eval rows from {info['data']['train_source']}",
+            f"{data['train_rows']:,} train / {data['eval_rows']:,} eval rows from {data['train_source']}",
         ),
         (
             "training",
-            f"{info['train']['steps']} steps, {info['train']['seconds']:.0f} s, "
-            f"{info['train']['samples_per_second']:.1f} samples/s on {info['train']['device']}",
+            f"{train['steps']} steps, {train['seconds']:.0f} s, "
+            f"{train['samples_per_second']:.1f} samples/s on {train['device']}",
         ),
     ]
     rows += [(f"eval {k}", f"{v:.4f}") for k, v in info["metrics"].items()]
@@ -100,9 +111,7 @@ def _print(info: dict) -> None:
                 else "(none recorded)"
             )
         rows.append((key.replace("_", " "), str(value)))
-    for key, value in rows:
-        table.add_row(key, value)
-    console.print(table)
+    return rows
 
 
 def _inspect_bank(folder: Path, json_: bool) -> None:
@@ -155,25 +164,22 @@ def _print_bank(info: dict) -> None:
 
 
 def _inspect_export(folder: Path, json_: bool) -> None:
-    import json
+    from peftkit.export.record import read_export_record
 
-    info = json.loads((folder / "export.json").read_text(encoding="utf-8"))
-    info["export"] = str(folder)
+    record = read_export_record(folder)
+    info = {**record.to_json(), "export": str(folder)}
     info.setdefault("files", sorted(p.name for p in folder.iterdir() if p.is_file()))
 
     def human() -> None:
-        src = info.get("source", {})
-        typer.echo(
-            f"export   {folder}  (target {info.get('target')}{', merged' if info.get('merged') else ''})"
-        )
-        typer.echo(f"source   {src.get('adapter')}  ({src.get('method')}, {src.get('task')})")
-        base = src.get("base", {})
-        typer.echo(f"base     {base.get('name')}  (sha256 {str(base.get('sha256', ''))[:16]}…)")
-        lora = info.get("lora") or {}
-        if lora.get("ranks"):
-            ranks = ", ".join(f"{k.split('.', 1)[-1]}={v}" for k, v in sorted(lora["ranks"].items())[:8])
-            typer.echo(f"ranks    {ranks}{' …' if len(lora['ranks']) > 8 else ''}")
-        for note in info.get("notes", []):
+        src = record.source
+        typer.echo(f"export   {folder}  (target {record.target}{', merged' if record.merged else ''})")
+        typer.echo(f"source   {src.adapter}  ({src.method}, {src.task})")
+        typer.echo(f"base     {src.base.name}  (sha256 {src.base.sha256[:16]}…)")
+        ranks = record.lora.ranks if record.lora is not None else {}
+        if ranks:
+            shown = ", ".join(f"{k.split('.', 1)[-1]}={v}" for k, v in sorted(ranks.items())[:8])
+            typer.echo(f"ranks    {shown}{' …' if len(ranks) > 8 else ''}")
+        for note in record.notes:
             typer.echo(f"note     {note}")
         typer.echo(f"files    {', '.join(info['files'])}")
 

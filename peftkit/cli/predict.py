@@ -9,50 +9,60 @@ import typer
 
 from peftkit.cli.common import JsonFlag, command, emit, stdout_to_stderr
 
+DataOpt = Annotated[str, typer.Option(help="Rows to answer: CSV, JSONL or Parquet.")]
+AdapterOpt = Annotated[
+    Optional[Path], typer.Option(help="Adapter folder written by `peftkit train` (or give --bank).")
+]
+BankOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Adapter bank written by `peftkit train --segment-column`: each row answered by its "
+        "segment's adapter."
+    ),
+]
+SegmentColumnOpt = Annotated[
+    Optional[str],
+    typer.Option(help="With --bank: the column naming each row's segment; default: the bank's own column."),
+]
+SegmentOpt = Annotated[
+    Optional[str], typer.Option(help="With --bank: answer every row with this segment's adapter.")
+]
+OutputOpt = Annotated[
+    Optional[Path],
+    typer.Option(help="Where to write predictions (.csv, .jsonl or .parquet); default: CSV on stdout."),
+]
+TextColumnOpt = Annotated[
+    Optional[str], typer.Option(help="Text column; default: the one the adapter was trained on.")
+]
+TemplateOpt = Annotated[
+    Optional[str],
+    typer.Option(help="Build the text from columns; default: the adapter's training template."),
+]
+BaseOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Base model; default: the one in the adapter's manifest (a different base is refused)."
+    ),
+]
+QuantOpt = Annotated[
+    Optional[str], typer.Option(help="none or 8bit; default: what the adapter was trained with.")
+]
+BatchSizeOpt = Annotated[int, typer.Option(help="Rows per forward pass.")]
+
 
 @command
 def predict(
-    data: Annotated[str, typer.Option(help="Rows to answer: CSV, JSONL or Parquet.")],
-    adapter: Annotated[
-        Optional[Path], typer.Option(help="Adapter folder written by `peftkit train` (or give --bank).")
-    ] = None,
-    bank: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="Adapter bank written by `peftkit train --segment-column`: each row answered by its "
-            "segment's adapter."
-        ),
-    ] = None,
-    segment_column: Annotated[
-        Optional[str],
-        typer.Option(
-            help="With --bank: the column naming each row's segment; default: the bank's own column."
-        ),
-    ] = None,
-    segment: Annotated[
-        Optional[str], typer.Option(help="With --bank: answer every row with this segment's adapter.")
-    ] = None,
-    output: Annotated[
-        Optional[Path],
-        typer.Option(help="Where to write predictions (.csv, .jsonl or .parquet); default: CSV on stdout."),
-    ] = None,
-    text_column: Annotated[
-        Optional[str], typer.Option(help="Text column; default: the one the adapter was trained on.")
-    ] = None,
-    template: Annotated[
-        Optional[str],
-        typer.Option(help="Build the text from columns; default: the adapter's training template."),
-    ] = None,
-    base: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Base model; default: the one in the adapter's manifest (a different base is refused)."
-        ),
-    ] = None,
-    quant: Annotated[
-        Optional[str], typer.Option(help="none or 8bit; default: what the adapter was trained with.")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 64,
+    data: DataOpt,
+    adapter: AdapterOpt = None,
+    bank: BankOpt = None,
+    segment_column: SegmentColumnOpt = None,
+    segment: SegmentOpt = None,
+    output: OutputOpt = None,
+    text_column: TextColumnOpt = None,
+    template: TemplateOpt = None,
+    base: BaseOpt = None,
+    quant: QuantOpt = None,
+    batch_size: BatchSizeOpt = 64,
     json_: JsonFlag = False,
 ) -> None:
     """Answer every row of a file with one adapter, or with an adapter bank where each row goes to its segment's
@@ -68,8 +78,9 @@ def predict(
         --segment-column platform --output preds.csv
     ```
     """
-    from peftkit.data import check_writable, read_table, write_table
+    from peftkit.data import check_writable
     from peftkit.errors import PeftkitError
+    from peftkit.inference.table import TextSpec, predict_table, write_predictions
 
     if (adapter is None) == (bank is None):
         raise PeftkitError("give exactly one of --adapter (one adapter) or --bank (an adapter bank)")
@@ -84,62 +95,19 @@ def predict(
     if output is not None:
         check_writable(output)
     with stdout_to_stderr():
-        frame = read_table(data)
-        if bank is not None:
-            columns, answered_by = _predict_bank(
-                bank, frame, data, segment_column, segment, text_column, template, quant, batch_size
-            )
-        else:
-            columns, answered_by = _predict_adapter(
-                adapter, frame, data, text_column, template, base, quant, batch_size
-            )
-        for name, values in columns.items():
-            frame[name] = values
+        result = predict_table(
+            data,
+            adapter=adapter,
+            bank=bank,
+            segment_column=segment_column,
+            segment=segment,
+            text=TextSpec(text_column, template),
+            base=base,
+            quant=quant,
+            batch_size=batch_size,
+        )
     if output is None:
-        typer.echo(frame.to_csv(index=False), nl=False)
+        typer.echo(result.frame.to_csv(index=False), nl=False)
         return
-    write_table(frame, output)
-    summary = {"output": str(output), "rows": len(frame), "answered_by": answered_by}
-    if "prediction" in frame and "prob_" in "".join(frame.columns):
-        summary["prediction_counts"] = {str(k): int(v) for k, v in frame["prediction"].value_counts().items()}
-    emit(summary, json_, lambda: typer.echo(f"wrote {len(frame)} predictions to {output}"))
-
-
-def _texts(frame, data_cfg: dict, text_column, template, source: str) -> list[str]:
-    from peftkit.data import build_texts
-
-    use_template = template if (template or text_column) else data_cfg["template"]
-    return build_texts(
-        frame, text_column=text_column or data_cfg["text_column"], template=use_template, source=source
-    )
-
-
-def _predict_adapter(adapter, frame, source, text_column, template, base, quant, batch_size):
-    import peftkit
-
-    model = peftkit.load(str(adapter), base=base, quant=quant)
-    model.batch_size = batch_size
-    texts = _texts(frame, model.manifest.config["data"], text_column, template, source)
-    return model.predict_columns(texts), {str(adapter): len(texts)}
-
-
-def _predict_bank(folder, frame, source, segment_column, segment, text_column, template, quant, batch_size):
-    from collections import Counter
-
-    from peftkit.errors import PeftkitError
-    from peftkit.inference.bank import AdapterBank
-
-    bank = AdapterBank.open(folder, quant=quant, batch_size=batch_size)
-    texts = _texts(frame, bank.bank.config["data"], text_column, template, source)
-    if segment is not None:
-        segments = segment
-    else:
-        column = segment_column or bank.bank.segment_column
-        if column not in frame.columns:
-            raise PeftkitError(
-                f"{source}: no segment column {column!r} (columns: {', '.join(map(str, frame.columns[:12]))}); "
-                "pass --segment-column or --segment"
-            )
-        segments = ["" if v != v else str(v) for v in frame[column].tolist()]  # empty cell: the fallback
-    columns = bank.predict_columns(texts, segments)
-    return columns, dict(Counter(columns["adapter"]))
+    summary = write_predictions(result, output)
+    emit(summary, json_, lambda: typer.echo(f"wrote {summary['rows']} predictions to {output}"))

@@ -9,32 +9,38 @@ import typer
 
 from peftkit.cli.common import command
 
+BankOpt = Annotated[Path, typer.Option(help="Adapter bank folder (`peftkit train --segment-column`).")]
+HostOpt = Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 for every interface.")]
+PortOpt = Annotated[int, typer.Option(help="TCP port.")]
+QuantOpt = Annotated[
+    Optional[str], typer.Option(help="none or 8bit; default: what the adapters were trained with.")
+]
+MaxLoadedOpt = Annotated[
+    int, typer.Option(help="Adapters kept in memory; the least recently used is evicted beyond it.")
+]
+PreloadOpt = Annotated[bool, typer.Option(help="Load adapters at start instead of on first request.")]
+MaxItemsOpt = Annotated[int, typer.Option(help="Inputs per request; more get HTTP 413.")]
+MaxBodyKbOpt = Annotated[int, typer.Option(help="Request body size limit in KiB; more get HTTP 413.")]
+MaxBatchRowsOpt = Annotated[
+    int, typer.Option(help="Rows answered in one batch across requests that arrive together.")
+]
+BatchWaitMsOpt = Annotated[
+    float, typer.Option(help="How long a batch waits for more requests to join it (latency vs throughput).")
+]
+
 
 @command
 def serve(
-    bank: Annotated[Path, typer.Option(help="Adapter bank folder (`peftkit train --segment-column`).")],
-    host: Annotated[
-        str, typer.Option(help="Interface to listen on; 0.0.0.0 for every interface.")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    quant: Annotated[
-        Optional[str], typer.Option(help="none or 8bit; default: what the adapters were trained with.")
-    ] = None,
-    max_loaded: Annotated[
-        int, typer.Option(help="Adapters kept in memory; the least recently used is evicted beyond it.")
-    ] = 8,
-    preload: Annotated[bool, typer.Option(help="Load adapters at start instead of on first request.")] = True,
-    max_items: Annotated[int, typer.Option(help="Inputs per request; more get HTTP 413.")] = 256,
-    max_body_kb: Annotated[
-        int, typer.Option(help="Request body size limit in KiB; more get HTTP 413.")
-    ] = 1024,
-    max_batch_rows: Annotated[
-        int, typer.Option(help="Rows answered in one batch across requests that arrive together.")
-    ] = 64,
-    batch_wait_ms: Annotated[
-        float,
-        typer.Option(help="How long a batch waits for more requests to join it (latency vs throughput)."),
-    ] = 2.0,
+    bank: BankOpt,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    quant: QuantOpt = None,
+    max_loaded: MaxLoadedOpt = 8,
+    preload: PreloadOpt = True,
+    max_items: MaxItemsOpt = 256,
+    max_body_kb: MaxBodyKbOpt = 1024,
+    max_batch_rows: MaxBatchRowsOpt = 64,
+    batch_wait_ms: BatchWaitMsOpt = 2.0,
 ) -> None:
     """Serve an adapter bank over HTTP: one base model in memory, each request (or each item) answered by its
     segment's adapter. Logs one line per request to stderr.

@@ -14,11 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from peftkit.artifacts.names import COMPARE_PLAN
 from peftkit.config import RunConfig
 from peftkit.errors import PeftkitError
 from peftkit.methods import METHODS
-
-PLAN_FILE = "compare.json"
 
 # Rows that are not peftkit: what users would otherwise write, trained on the same rows with the same budget.
 BASELINES = {
@@ -117,6 +116,7 @@ class ComparePlan(BaseModel):
 
 
 def check_methods(methods: list[str]) -> None:
+    """Refuse any name in `methods` that is not a peftkit method."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise PeftkitError(
@@ -134,7 +134,7 @@ def write_or_check_plan(plan: ComparePlan, output: Path) -> ComparePlan:
     from peftkit.artifacts.adapter_folder import diff_keys
     from peftkit.artifacts.io import write_json
 
-    path = output / PLAN_FILE
+    path = output / COMPARE_PLAN
     if path.is_file():
         stored = read_plan(output)
         before, now = stored.comparable_part(), plan.comparable_part()
@@ -158,9 +158,10 @@ def write_or_check_plan(plan: ComparePlan, output: Path) -> ComparePlan:
 
 
 def read_plan(output: Path) -> ComparePlan:
-    path = output / PLAN_FILE
+    """The plan stored in the compare folder `output`."""
+    path = output / COMPARE_PLAN
     if not path.is_file():
-        raise PeftkitError(f"{output}: no {PLAN_FILE}; is this a peftkit compare --output folder?")
+        raise PeftkitError(f"{output}: no {COMPARE_PLAN}; is this a peftkit compare --output folder?")
     try:
         return ComparePlan.model_validate_json(path.read_text())
     except ValueError as exc:

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.artifacts.io import write_json
+from peftkit.artifacts.names import COMPARE_FAILED, COMPARE_LOGS, COMPARE_RUNS
 from peftkit.compare.plan import ComparePlan, RunKey, write_or_check_plan
 from peftkit.errors import PeftkitError
-
-RUNS = "runs"
 
 
 def run_compare(
@@ -42,12 +41,12 @@ def run_compare(
     write_or_check_plan(plan, output)
     for note in skipped:
         say(f"skipped: {note}")
-    (output / RUNS).mkdir(exist_ok=True)
-    (output / "logs").mkdir(exist_ok=True)
+    (output / COMPARE_RUNS).mkdir(exist_ok=True)
+    (output / COMPARE_LOGS).mkdir(exist_ok=True)
     split_seed = plan.config["train"]["seed"]
-    todo = [k for k in keys if not (output / RUNS / f"{k.id}.json").is_file()]
+    todo = [k for k in keys if not run_file(output, k).is_file()]
     if len(todo) < len(keys):
-        say(f"resuming: {len(keys) - len(todo)} of {len(keys)} runs already done in {output / RUNS}")
+        say(f"resuming: {len(keys) - len(todo)} of {len(keys)} runs already done in {output / COMPARE_RUNS}")
     for i, key in enumerate(todo, 1):
         say(f"[{i}/{len(todo)}] {key.method} quant={key.quant} seed={key.seed} ...")
         started = time.perf_counter()
@@ -55,10 +54,10 @@ def run_compare(
         took = time.perf_counter() - started
         if error:
             say(
-                f"[{i}/{len(todo)}] {key.id} FAILED after {took:.0f}s: {error} (log: {output / 'logs' / key.id}.log)"
+                f"[{i}/{len(todo)}] {key.id} FAILED after {took:.0f}s: {error} (log: {output / COMPARE_LOGS / key.id}.log)"
             )
         else:
-            record = json.loads((output / RUNS / f"{key.id}.json").read_text())
+            record = json.loads(run_file(output, key).read_text())
             shown = ", ".join(f"{k} {v:.3f}" for k, v in list(record["metrics"].items())[:2])
             say(f"[{i}/{len(todo)}] {key.id} done in {took:.0f}s: {shown}")
     return load_runs(output)
@@ -78,10 +77,10 @@ def _run_one(plan: ComparePlan, key: RunKey, split_seed: int, output: Path) -> s
         "config": config,
         "split_seed": split_seed,
         "segment_column": plan.segment_column,
-        "out": str(output / RUNS / f"{key.id}.json"),
+        "out": str(run_file(output, key)),
     }
-    failed = output / RUNS / f"{key.id}.failed.json"
-    log = output / "logs" / f"{key.id}.log"
+    failed = output / COMPARE_RUNS / f"{key.id}{COMPARE_FAILED}"
+    log = output / COMPARE_LOGS / f"{key.id}.log"
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(job, fh)
     try:
@@ -103,16 +102,22 @@ def _run_one(plan: ComparePlan, key: RunKey, split_seed: int, output: Path) -> s
     return error
 
 
+def run_file(output: Path, key: RunKey) -> Path:
+    """Where the finished run `key` of the compare in `output` is recorded."""
+    return output / COMPARE_RUNS / f"{key.id}.json"
+
+
 def load_runs(output: Path) -> list[dict[str, Any]]:
     """Every finished run record under `output`, in file-name order."""
-    folder = output / RUNS
+    folder = output / COMPARE_RUNS
     if not folder.is_dir():
-        raise PeftkitError(f"{output}: no {RUNS}/ folder; is this a peftkit compare --output folder?")
-    return [_read(p) for p in sorted(folder.glob("*.json")) if not p.name.endswith(".failed.json")]
+        raise PeftkitError(f"{output}: no {COMPARE_RUNS}/ folder; is this a peftkit compare --output folder?")
+    return [_read(p) for p in sorted(folder.glob("*.json")) if not p.name.endswith(COMPARE_FAILED)]
 
 
 def load_failures(output: Path) -> list[dict[str, Any]]:
-    return [_read(p) for p in sorted((output / RUNS).glob("*.failed.json"))]
+    """Every failed run's note under `output`: its key, last error line and exit status."""
+    return [_read(p) for p in sorted((output / COMPARE_RUNS).glob(f"*{COMPARE_FAILED}"))]
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -3,6 +3,9 @@
 A fresh process per run is what makes the memory figure honest (a process's peak RSS never goes down, and a
 previous run's caches would count against the next) and what makes a compare resumable (a run either wrote its
 result file or did not). The result is written to a temporary name and renamed, so a killed run leaves nothing.
+
+The steps: set up (config, device, the recipe's split), train (peftkit's path or a baseline), measure (the matmul
+peak, FLOP/s, inference, segments), record (`peftkit.compare.record`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,136 +30,136 @@ from peftkit.compare.measure import (
     inference_speed,
     matmul_peak,
     non_embedding_params,
-    training_flops,
 )
 from peftkit.compare.plan import RunKey
+from peftkit.compare.record import Measured, Trained, TrainStart, run_record
+from peftkit.config import RunConfig
 
-SCHEMA = 1
+
+@dataclass
+class Setup:
+    """One run's inputs: what it is, its config, where it trains and the rows it reads."""
+
+    key: RunKey
+    cfg: RunConfig
+    device: str
+    memory: PeakMemory
+    splits: Any
 
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
     """Train and measure one run; returns the record the report reads (`docs/compare.md` lists its fields)."""
-    from transformers import TrainerCallback
-
-    from peftkit import models
-    from peftkit.artifacts.manifest import package_versions
-    from peftkit.config import RunConfig
-    from peftkit.data import load_splits
-    from peftkit.methods import METHODS
-
     started = time.perf_counter()
+    setup = set_up(job)
+    start = TrainStart()
+    callbacks = [train_start_callback(setup, start)]
+    train = train_baseline if setup.key.is_baseline else train_peftkit
+    cfg, trained = train(setup, callbacks)
+    train_peak = setup.memory.peak()
+    measured = measure(setup, cfg, trained, start, train_peak, job.get("segment_column"))
+    rows = {"train": len(setup.splits.train_texts), "eval": len(setup.splits.eval_texts)}
+    return run_record(job, cfg, rows, trained, measured, started)
+
+
+def set_up(job: dict[str, Any]) -> Setup:
+    """The run's key, config, device and rows, from the job file the runner wrote."""
+    from peftkit import models
+    from peftkit.data import load_splits
+
     key = RunKey(**job["key"])
     cfg = RunConfig.model_validate(job["config"])
     device = models.default_device()
     memory = PeakMemory(device)
     # The split is the recipe's, whatever this run's seed: every run reads the same rows.
     splits = load_splits(cfg.data, cfg.task, job["split_seed"])
-    facts: dict[str, Any] = {}
+    return Setup(key, cfg, device, memory, splits)
+
+
+def train_start_callback(setup: Setup, start: TrainStart):
+    """A Trainer callback that fills `start` as training begins and starts the training-phase memory peak."""
+    from transformers import TrainerCallback
+
+    from peftkit.methods import METHODS
+
+    method, memory = setup.key.method, setup.memory
 
     class Measure(TrainerCallback):
-        """Counts the frozen base's matmul parameters and starts the training-phase memory peak."""
-
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            facts["process_peak_before_train_bytes"] = memory.peak()
-            full = key.method == "tutorial" or (key.method in METHODS and METHODS[key.method].full_model)
-            facts["base_trains"] = full
-            facts["non_embedding_params"] = (
-                non_embedding_params(model) if full else frozen_matmul_params(model)
+            start.load_peak_bytes = memory.peak()
+            start.base_trains = method == "tutorial" or (method in METHODS and METHODS[method].full_model)
+            start.non_embedding_params = (
+                non_embedding_params(model) if start.base_trains else frozen_matmul_params(model)
             )
             memory.reset()
 
-    if key.is_baseline:
-        from peftkit.compare.baselines import run_baseline
+    return Measure()
 
-        b = run_baseline(key.method, cfg, splits, [Measure()])
-        train_peak = memory.peak()
-        metrics, logits_fn = b.metrics, b.predict_logits
-        params = {"trainable_params": b.trainable_params, "total_params": b.total_params}
-        adapter_bytes, seconds, sps = b.adapter_bytes, b.seconds, b.samples_per_second
-        tokens = {"real_tokens": b.real_tokens, "padded_tokens": b.padded_tokens}
-        steps = None
-    else:
-        from peftkit.training.loop import train
 
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = cfg.model_copy(update={"output": str(Path(tmp) / key.id)})
-            result = train(cfg, splits=splits, progress=False, callbacks=[Measure()])
-        train_peak = memory.peak()
-        m = result.manifest
-        metrics, logits_fn = m.metrics, result.predictor.logits
-        params = {"trainable_params": m.trainable_params, "total_params": m.total_params}
-        adapter_bytes, seconds, sps = (
-            m.adapter_bytes,
-            m.train.seconds,
-            m.train.samples_per_second,
-        )
-        tokens = {k: getattr(m.train, k) for k in ("real_tokens", "padded_tokens")}
-        steps = m.train.steps
+def train_peftkit(setup: Setup, callbacks: list) -> tuple[RunConfig, Trained]:
+    """Train through peftkit's own path into a folder that is thrown away; returns the config it ran with."""
+    from peftkit.training.loop import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = setup.cfg.model_copy(update={"output": str(Path(tmp) / setup.key.id)})
+        result = train(cfg, splits=setup.splits, progress=False, callbacks=callbacks)
+    m = result.manifest
+    return cfg, Trained(
+        metrics=m.metrics,
+        trainable_params=m.trainable_params,
+        total_params=m.total_params,
+        adapter_bytes=m.adapter_bytes,
+        seconds=m.train.seconds,
+        samples_per_second=m.train.samples_per_second,
+        real_tokens=m.train.real_tokens,
+        padded_tokens=m.train.padded_tokens,
+        predict_logits=result.predictor.logits,
+        steps=m.train.steps,
+    )
+
+
+def train_baseline(setup: Setup, callbacks: list) -> tuple[RunConfig, Trained]:
+    """Train one of the hand-written baseline rows."""
+    from peftkit.compare.baselines import run_baseline
+
+    return setup.cfg, run_baseline(setup.key.method, setup.cfg, setup.splits, callbacks)
+
+
+def measure(
+    setup: Setup,
+    cfg: RunConfig,
+    trained: Trained,
+    start: TrainStart,
+    train_peak: int,
+    segment_column: str | None,
+) -> Measured:
+    """The figures taken after training: the device's matmul peaks, the FLOP factor, segments and inference."""
+    from peftkit import models
+
+    device = setup.device
     # After training, not before: its tensors (384 MiB on GPU) would otherwise count in the run's memory peak.
     peak = matmul_peak(device, models.torch_dtype(cfg.model.dtype, device, cfg.model.quant, cfg.method.name))
-    best = best_matmul_peak(device, peak)
-
     factor = flop_factor(
-        base_trains=facts["base_trains"],
+        base_trains=start.base_trains,
         gradient_checkpointing=cfg.train.gradient_checkpointing
-        and not key.is_baseline,  # baselines never use it
+        and not setup.key.is_baseline,  # baselines never use it
     )
-    n = facts["non_embedding_params"]
-    real_flops = training_flops(n, factor, tokens["real_tokens"], seconds)
-    padded_flops = training_flops(n, factor, tokens["padded_tokens"], seconds)
-    record = {
-        "schema": SCHEMA,
-        "key": job["key"],
-        "id": key.id,
-        "baseline": key.is_baseline,
-        "task": cfg.task,
-        "metrics": metrics,
-        **_segments(cfg.task, job.get("segment_column"), splits, logits_fn),
-        **params,
-        "trainable_percent": 100.0 * params["trainable_params"] / params["total_params"],
-        "adapter_bytes": adapter_bytes,
-        "memory": {
-            "kind": memory.kind,
-            "peak_bytes": max(train_peak, facts["process_peak_before_train_bytes"]),
-            "train_peak_bytes": train_peak,
-            "load_peak_bytes": facts["process_peak_before_train_bytes"],
-        },
-        "train": {
-            "seconds": seconds,
-            "steps": steps,
-            "samples_per_second": sps,
-            **tokens,
-            "real_tokens_per_second": tokens["real_tokens"] / seconds,
-            "padded_tokens_per_second": tokens["padded_tokens"] / seconds,
-            "padding_share": 1 - tokens["real_tokens"] / max(1, tokens["padded_tokens"]),
-        },
-        "flops": {
-            "formula": f"{factor} * N * tokens / train seconds",
-            "factor": factor,
-            "non_embedding_params": n,
-            "real_per_second": real_flops,
-            "computed_per_second": padded_flops,
-            "matmul_peak_per_second": peak["flops"],
-            "matmul_peak": peak,
-            "real_share_of_peak": real_flops / peak["flops"],
-            "computed_share_of_peak": padded_flops / peak["flops"],
-            "best_peak": best,  # the fastest native dtype's peak: the headroom a run in another dtype leaves
-            "real_share_of_best_peak": real_flops / best["flops"],
-        },
-        "inference": inference_speed(logits_fn, splits.eval_texts),
-        "config": cfg.model_dump(mode="json"),
-        "rows": {"train": len(splits.train_texts), "eval": len(splits.eval_texts)},
-        "wall_seconds": time.perf_counter() - started,
-        "device": _device(device),
-        "versions": package_versions(),
-    }
-    return record
+    return Measured(
+        memory_kind=setup.memory.kind,
+        start=start,
+        train_peak_bytes=train_peak,
+        flop_factor=factor,
+        matmul_peak=peak,
+        best_peak=best_matmul_peak(device, peak),
+        segments=segment_scores(cfg.task, segment_column, setup.splits, trained.predict_logits),
+        inference=inference_speed(trained.predict_logits, setup.splits.eval_texts),
+        device=device_info(device),
+    )
 
 
-def _segments(task_name: str, column: str | None, splits, logits_fn) -> dict[str, Any]:
-    """Per-segment metrics on the held-out rows and the worst segment, when the compare names a segment column."""
+def segment_scores(task_name: str, column: str | None, splits, logits_fn) -> dict[str, Any] | None:
+    """Per-segment metrics on the held-out rows, when the compare names a segment column."""
     if not column:
-        return {}
+        return None
     from peftkit.tasks import TASKS
 
     if column not in splits.eval_frame.columns:
@@ -168,10 +172,11 @@ def _segments(task_name: str, column: str | None, splits, logits_fn) -> dict[str
     for value in sorted(set(values)):
         rows = values == value
         per[value] = {"rows": int(rows.sum()), **task.metrics(y[rows], task.decode(decoded_all[rows]))}
-    return {"segments": per}
+    return per
 
 
-def _device(device: str) -> dict[str, Any]:
+def device_info(device: str) -> dict[str, Any]:
+    """The device, CPU and thread count the run was measured on."""
     import torch
 
     info = {
@@ -186,13 +191,12 @@ def _device(device: str) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    from peftkit.artifacts.io import write_text_atomic
+    from peftkit.artifacts.io import write_json
     from peftkit.runtime import quiet_libraries
 
     quiet_libraries()
     job = json.loads(Path(argv[0]).read_text())
-    record = run(job)
-    write_text_atomic(Path(job["out"]), json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    write_json(Path(job["out"]), run(job))
     return 0
 
 

@@ -20,18 +20,19 @@ so a base without one would answer at random.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from peftkit.artifacts.bank_file import BankEntry, BankFile, Fallback, is_adapter_name, read_bank_file
-from peftkit.artifacts.manifest import read_manifest
+from peftkit.artifacts.io import atomic_folder
+from peftkit.artifacts.manifest import Manifest, read_manifest
 from peftkit.artifacts.names import GLOBAL
 from peftkit.errors import PeftkitError
-from peftkit.inference.predictor import Prediction, decode_predictions
+from peftkit.inference.adapter_cache import AdapterCache
+from peftkit.inference.batcher import logits_by_adapter
+from peftkit.inference.predictor import Prediction, Predictor, decode_predictions, prediction_columns
 
 
 class UnknownSegmentError(PeftkitError, KeyError):
@@ -74,32 +75,18 @@ class AdapterBank:
         self.task = TASKS[bank.task]
         self.labels: list[str] | None = bank.labels
         self.max_loaded, self.batch_size = max_loaded, batch_size
-        self._lock = threading.RLock()
-        # In memory, adapters go by ids of their own ("a0", "a1"...): bank names may hold '.', which torch module
-        # names cannot, and a removed adapter that peft must keep (it never deletes its last one) cannot clash with
-        # a new adapter of the same name. `_loaded` maps bank name -> id, least recently used first; `_stale` holds
-        # ids still in the model but no longer routed, deleted as soon as another adapter is loaded.
-        self._loaded: OrderedDict[str, str] = OrderedDict()
-        self._stale: list[str] = []
-        self._ids = iter(range(1 << 62))
-        self._active: str | None = None  # id of the active adapter
-
         ref = models.resolve(bank.base.name)
         if ref.sha256 != bank.base.sha256:
             raise PeftkitError(
                 f"bank {folder} was built on base {bank.base.name} with sha256 {bank.base.sha256[:12]}, "
                 f"but that base here has sha256 {ref.sha256[:12]}; install the matching base"
             )
-        self._manifests = {}
-        for name, entry in bank.adapters.items():  # every adapter is checked now, not at its first request
-            path = self._path(entry)
-            manifest = read_manifest(path)
-            bank.check_compatible(manifest, path)
-            self._manifests[name] = manifest
+        # every adapter is checked now, not at its first request
+        self._manifests = {name: self._checked(self._folder_of(name)) for name in bank.adapters}
         self.device = device or models.default_device()
         self.quant = quant or bank.quant
         self.tokenizer = models.load_tokenizer(ref)
-        self._base, _ = models.load_base(
+        base, _ = models.load_base(
             ref,
             bank.num_outputs,
             quant=self.quant,
@@ -108,9 +95,10 @@ class AdapterBank:
             device=self.device,
             pad_token_id=self.tokenizer.pad_token_id,
         )
-        self.model = None  # the base with the adapters attached, once the first one is loaded
-
-    # -- building -------------------------------------------------------------------------------------------------
+        self._cache = AdapterCache(
+            self.spec, base, max_loaded=max_loaded, folder_of=self._folder_of, owner=f"bank {folder}"
+        )
+        self._lock = self._cache.lock
 
     @classmethod
     def open(
@@ -144,7 +132,7 @@ class AdapterBank:
         )
         if preload:
             for name in list(bank.adapters)[:max_loaded]:
-                bank._ensure_loaded([name])
+                bank._cache.ensure([name])
         return bank
 
     # -- what the bank holds --------------------------------------------------------------------------------------
@@ -163,7 +151,12 @@ class AdapterBank:
 
     @property
     def loaded(self) -> list[str]:
-        return list(self._loaded)
+        return self._cache.loaded
+
+    @property
+    def model(self):
+        """The base with the loaded adapters attached; None until the first one is loaded."""
+        return self._cache.model
 
     def resolve(self, segment: str | None) -> str:
         """The adapter that answers `segment`: its own, else the fallback; `UnknownSegmentError` when there is none.
@@ -181,10 +174,18 @@ class AdapterBank:
             f"no adapter for segment {segment!r} and the bank's fallback is {self.fallback!r}; known segments: {known}"
         )
 
+    def resolve_all(self, segments: list[str | None]) -> list[str]:
+        """`resolve` for each segment, each distinct value resolved once."""
+        resolved: dict[Any, str] = {}
+        for segment in segments:
+            if segment not in resolved:
+                resolved[segment] = self.resolve(segment)
+        return [resolved[s] for s in segments]
+
     def describe(self) -> dict[str, Any]:
         """What the bank holds, as JSON: base, method, task, labels, segments, fallback, adapters with metrics."""
         with self._lock:
-            loaded = set(self._loaded)
+            loaded = set(self._cache.loaded)
         return {
             "bank": str(self.folder),
             "base": self.bank.base.to_json(),
@@ -218,8 +219,7 @@ class AdapterBank:
         return decode_predictions(self.task, self.labels, self.logits(texts, names), names)
 
     def predict_columns(self, texts: list[str], segments) -> dict[str, list]:
-        from peftkit.inference.predictor import prediction_columns
-
+        """Columns for a predictions file: ``prediction``, one ``prob_<label>`` per class, ``adapter``."""
         return prediction_columns(self.predict(texts, segments), self.labels)
 
     def _adapter_names(self, texts, segments) -> list[str]:
@@ -233,105 +233,44 @@ class AdapterBank:
             )
         return self.resolve_all(segments)
 
-    def resolve_all(self, segments: list[str | None]) -> list[str]:
-        """`resolve` for each segment, each distinct value resolved once."""
-        resolved: dict[Any, str] = {}
-        for segment in segments:
-            if segment not in resolved:
-                resolved[segment] = self.resolve(segment)
-        return [resolved[s] for s in segments]
-
     def logits(self, texts: list[str], adapter_names: list[str]) -> np.ndarray:
         """Head outputs (N, num_outputs), row ``i`` through adapter ``adapter_names[i]``, in input order."""
-        from peftkit.inference.predictor import Predictor
-
+        out = np.zeros((len(texts), self.bank.num_outputs), dtype=np.float32)
         if not texts:
-            return np.zeros((0, self.bank.num_outputs), dtype=np.float32)
+            return out
         unknown = sorted(set(adapter_names) - set(self.adapters))
         if unknown:
             raise UnknownSegmentError(f"no adapter named {', '.join(unknown)} in bank {self.folder}")
-        out = np.zeros((len(texts), self.bank.num_outputs), dtype=np.float32)
-        wanted = list(dict.fromkeys(adapter_names))
         with self._lock:
-            # More distinct adapters than may be loaded at once: answer them max_loaded at a time.
-            for start in range(0, len(wanted), self.max_loaded):
-                chunk = set(wanted[start : start + self.max_loaded])
-                self._ensure_loaded(list(chunk))
-                predictor = Predictor(
-                    self.model,
-                    self.tokenizer,
-                    task=self.bank.task,
-                    labels=self.labels,
-                    max_length=self.bank.max_length,
-                    adapter="",
-                    batch_size=self.batch_size,
-                )
-                rows = [i for i, name in enumerate(adapter_names) if name in chunk]
-                if self.spec.mixed_batch:  # one pass for every adapter (peft LoRA's per-row adapter_names)
-                    ids = [self._loaded[adapter_names[i]] for i in rows]
-                    out[rows] = predictor.logits([texts[i] for i in rows], ids)
-                    continue
-                for name in wanted[
-                    start : start + self.max_loaded
-                ]:  # one pass per adapter, rows put back in place
-                    group = [i for i in rows if adapter_names[i] == name]
-                    self.activate(name)
-                    out[group] = predictor.logits([texts[i] for i in group])
-        return out
+            return logits_by_adapter(
+                self._cache,
+                texts,
+                adapter_names,
+                out,
+                predictor_for=self._predictor,
+                mixed_batch=self.spec.mixed_batch,
+            )
 
-    def close(self) -> None:
-        """Drop the model and adapters from memory; the bank answers nothing after this."""
-        with self._lock:
-            self.model = self._base = None
-            self._loaded.clear()
-            self._stale.clear()
-            self._active = None
-            import gc
-
-            gc.collect()
-
-    # -- loading, switching, adding -------------------------------------------------------------------------------
+    def _predictor(self, model) -> Predictor:
+        return Predictor(
+            model,
+            self.tokenizer,
+            task=self.bank.task,
+            labels=self.labels,
+            max_length=self.bank.max_length,
+            adapter="",
+            batch_size=self.batch_size,
+        )
 
     def activate(self, name: str) -> None:
         """Make adapter `name` the active one, loading it first if needed (what the switch benchmark times)."""
-        with self._lock:
-            self._ensure_loaded([name])
-            self._set_active(self._loaded[name])
+        self._cache.activate(name)
 
-    def _set_active(self, adapter_id: str) -> None:
-        if self._active != adapter_id:
-            self.spec.set_adapter(self.model, adapter_id)
-            self._active = adapter_id
+    def close(self) -> None:
+        """Drop the model and adapters from memory; the bank answers nothing after this."""
+        self._cache.close()
 
-    def _ensure_loaded(self, names: list[str]) -> None:
-        """Load the adapters in `names` that are not in memory, evicting least recently used others beyond the cap."""
-        with self._lock:
-            if self._base is None:
-                raise PeftkitError(f"bank {self.folder} is closed; open it again")
-            for name in names:
-                if name in self._loaded:
-                    self._loaded.move_to_end(name)
-                    continue
-                path, adapter_id = self._path(self.adapters[name]), f"a{next(self._ids)}"
-                if self.model is None:
-                    self.model = self.spec.attach(self._base, path, adapter_id)
-                    self.model.eval()
-                    self._active = adapter_id
-                else:
-                    self.spec.load_adapter(self.model, path, adapter_id)
-                self._loaded[name] = adapter_id
-            while self._stale:
-                self._delete(self._stale.pop())
-            keep = set(names)
-            for old in [n for n in self._loaded if n not in keep][
-                : max(0, len(self._loaded) - self.max_loaded)
-            ]:
-                self._delete(self._loaded.pop(old))
-
-    def _delete(self, adapter_id: str) -> None:
-        if adapter_id == self._active:
-            self._set_active(next(iter(self._loaded.values())))
-        self.spec.delete_adapter(self.model, adapter_id)
+    # -- adding and removing --------------------------------------------------------------------------------------
 
     def add(
         self, name: str, folder: str | Path, *, segments: list[str] | None = None, persist: bool = False
@@ -346,16 +285,13 @@ class AdapterBank:
             raise PeftkitError(
                 f"adapter name {name!r}: use letters, digits, '_', '.' or '-' (up to 64), starting with a letter or digit"
             )
-        manifest = read_manifest(folder)
-        self.bank.check_compatible(manifest, folder)
+        manifest = self._checked(folder)
         with self._lock:
             if name in self.adapters:
                 raise PeftkitError(
                     f"bank {self.folder} already has an adapter named {name!r}; remove it first"
                 )
-            path = folder.resolve()
-            if persist:
-                path = self._copy_in(name, folder)
+            path = _copy_in(folder, self.folder / name) if persist else folder.resolve()
             self.adapters[name] = BankEntry(
                 path=_relative(path, self.folder), train_rows=manifest.data.train_rows
             )
@@ -363,44 +299,40 @@ class AdapterBank:
             for segment in segments or [name]:
                 self.segments[segment] = name
             if persist:
-                self._write_bank_file()
+                self.bank.write(self.folder)
 
     def remove(self, name: str, *, persist: bool = False) -> None:
         """Drop an adapter from memory and routing; its segments then follow the fallback."""
         with self._lock:
             if name not in self.adapters:
                 raise PeftkitError(f"bank {self.folder} has no adapter named {name!r}")
-            if name in self._loaded:
-                adapter_id = self._loaded.pop(name)
-                if self._loaded:
-                    self._delete(adapter_id)
-                else:  # the last one in memory: peft cannot delete it, so it waits for the next load
-                    self._stale.append(adapter_id)
+            self._cache.drop(name)
             del self.adapters[name]
             del self._manifests[name]
             for segment in [s for s, a in self.segments.items() if a == name]:
                 del self.segments[segment]
             if persist:
-                self._write_bank_file()
+                self.bank.write(self.folder)
 
-    def _path(self, entry: BankEntry) -> Path:
-        path = Path(entry.path)
+    def _folder_of(self, name: str) -> Path:
+        path = Path(self.adapters[name].path)
         return path if path.is_absolute() else self.folder / path
 
-    def _copy_in(self, name: str, folder: Path) -> Path:
-        import shutil
+    def _checked(self, folder: Path) -> Manifest:
+        """The manifest of the adapter at `folder`, refused unless it fits the bank."""
+        manifest = read_manifest(folder)
+        self.bank.check_compatible(manifest, folder)
+        return manifest
 
-        from peftkit.artifacts.io import atomic_folder
 
-        dest = self.folder / name
-        if dest.exists():
-            raise PeftkitError(f"{dest} already exists; choose another adapter name")
-        with atomic_folder(dest) as tmp:
-            shutil.copytree(folder, tmp, dirs_exist_ok=True)
-        return dest
+def _copy_in(folder: Path, dest: Path) -> Path:
+    import shutil
 
-    def _write_bank_file(self) -> None:
-        self.bank.write(self.folder)
+    if dest.exists():
+        raise PeftkitError(f"{dest} already exists; choose another adapter name")
+    with atomic_folder(dest) as tmp:
+        shutil.copytree(folder, tmp, dirs_exist_ok=True)
+    return dest
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -428,8 +360,6 @@ def build_bank(
         fallback: ``global`` or ``error`` for segments without an adapter.
     """
     import shutil
-
-    from peftkit.artifacts.io import atomic_folder
 
     folder = Path(folder)
     if folder.exists():

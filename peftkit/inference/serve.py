@@ -15,19 +15,24 @@ into another's. Each request logs one line: status, segments, adapters, rows, la
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.datastructures import Headers
 
 from peftkit.errors import PeftkitError
 from peftkit.inference.bank import AdapterBank, UnknownSegmentError
+from peftkit.inference.predictor import Prediction, decode_predictions
 
 log = logging.getLogger("peftkit.inference.serve")
 
@@ -141,151 +146,185 @@ class _Batcher:
                     j.future.set_result(preds[start : start + len(j.texts)])
                 start += len(j.texts)
 
-    def _predict(self, texts: list[str], adapters: list[str]):
-        from peftkit.inference.predictor import decode_predictions
-
+    def _predict(self, texts: list[str], adapters: list[str]) -> list[Prediction]:
         logits = self.bank.logits(texts, adapters)
         return decode_predictions(self.bank.task, self.bank.labels, logits, adapters)
 
 
+class _JSONBody(Request):
+    """A request whose body is read as JSON whatever its Content-Type (``curl -d`` sends form-urlencoded)."""
+
+    @property
+    def headers(self) -> Headers:
+        raw = [(k, v) for k, v in self.scope["headers"] if k.lower() != b"content-type"]
+        return Headers(raw=[*raw, (b"content-type", b"application/json")])
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            try:
+                self._json = json.loads(await self.body())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise HTTPException(422, f"body is not valid JSON: {exc}") from None
+        return self._json
+
+
+class JSONBodyRoute(APIRoute):
+    """A route whose pydantic body is parsed from JSON whatever the Content-Type; an empty body is not JSON."""
+
+    def get_route_handler(self):
+        handle = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            request = _JSONBody(request.scope, request.receive)
+            if self.body_field is not None:
+                await request.json()  # FastAPI skips an empty body; it is not valid JSON either
+            return await handle(request)
+
+        return route
+
+
+def get_bank(request: Request) -> AdapterBank:
+    return request.app.state.bank
+
+
+def get_batcher(request: Request) -> _Batcher:
+    return request.app.state.batcher
+
+
+def get_limits(request: Request) -> ServeLimits:
+    return request.app.state.limits
+
+
+Bank = Annotated[AdapterBank, Depends(get_bank)]
+Batcher = Annotated[_Batcher, Depends(get_batcher)]
+Limits = Annotated[ServeLimits, Depends(get_limits)]
+router = APIRouter(route_class=JSONBodyRoute)
+
+
+@router.post("/v1/predict")
+async def predict(
+    body: PredictRequest, request: Request, bank: Bank, batcher: Batcher, limits: Limits
+) -> dict[str, Any]:
+    """Each input answered by its segment's adapter, in order."""
+    texts, segments = body.rows()
+    if len(texts) > limits.max_items:
+        raise HTTPException(413, f"{len(texts)} inputs in one request; the limit is {limits.max_items}")
+    try:
+        adapters = bank.resolve_all(segments)
+    except UnknownSegmentError:
+        request.state.log.update(segments=_counts(segments))
+        raise
+    preds = await batcher.submit(texts, adapters)
+    request.state.log.update(rows=len(texts), segments=_counts(segments), adapters=_counts(adapters))
+    return {"predictions": [_prediction_json(seg, p) for seg, p in zip(segments, preds)]}
+
+
+@router.get("/v1/adapters")
+async def adapters(bank: Bank) -> dict[str, Any]:
+    """What the bank holds: segments, adapters with metrics, fallback."""
+    return bank.describe()
+
+
+@router.post("/v1/adapters", status_code=201)
+async def add_adapter(body: AddAdapterRequest, request: Request, bank: Bank) -> dict[str, Any]:
+    """Load an adapter folder from inside the bank folder and route its segments to it."""
+    request.state.log.update(adapter=body.name)
+    root = bank.folder.resolve()
+    folder = (root / body.path).resolve()
+    if Path(body.path).is_absolute() or not folder.is_relative_to(root):
+        raise HTTPException(
+            403, f"path {body.path!r} is outside the bank folder; adapters load from inside it only"
+        )
+    if not folder.is_dir():
+        raise HTTPException(404, f"no adapter folder {body.path!r} inside the bank folder")
+    if body.name in bank.adapters:
+        raise HTTPException(409, f"the bank already has an adapter named {body.name!r}")
+    try:
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: bank.add(body.name, folder, segments=body.segments)
+        )
+    except PeftkitError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return {"added": body.name, "segments": body.segments or [body.name]}
+
+
+@router.get("/healthz")
+async def healthz(bank: Bank, batcher: Batcher) -> dict[str, Any]:
+    return {"status": "ok", "adapters": len(bank.adapters), "loaded": bank.loaded, "batches": batcher.batches}
+
+
 def create_app(bank: AdapterBank, limits: ServeLimits | None = None) -> FastAPI:
     """The FastAPI app serving `bank`; `peftkit serve` runs it with uvicorn."""
-    from contextlib import asynccontextmanager
-
-    limits = limits or ServeLimits()
-    batcher = _Batcher(bank, limits)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        batcher.start()
-        yield
-        await batcher.stop()
-
     app = FastAPI(
         title="peftkit",
         summary=f"adapter bank {bank.folder}: {bank.bank.task} with {bank.bank.method} adapters",
-        lifespan=lifespan,
+        lifespan=_lifespan,
     )
-    app.state.bank, app.state.batcher = bank, batcher
-
-    @app.middleware("http")
-    async def limit_and_log(request: Request, call_next):
-        started = time.perf_counter()
-        request.state.log = {}
-        size = request.headers.get("content-length")
-        if request.method == "POST" and not (size or "").isdigit():
-            # The size limit is checked before the body is read: a body of unknown length could be any size.
-            response = _error(411, "send a Content-Length header with the request body")
-        elif size is not None and size.isdigit() and int(size) > limits.max_body_bytes:
-            response = _error(
-                413, f"request body is {int(size):,} bytes; the limit is {limits.max_body_bytes:,}"
-            )
-        else:
-            response = await call_next(request)
-        extra = " ".join(f"{k}={v}" for k, v in request.state.log.items())
-        log.info(
-            "%s %s %d %.1fms %s",
-            request.method,
-            request.url.path,
-            response.status_code,
-            1000 * (time.perf_counter() - started),
-            extra,
-        )
-        return response
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
-        return _error(422, _problems(exc.errors()))
-
-    @app.post("/v1/predict")
-    async def predict(request: Request):
-        body = await _parse(request, PredictRequest)
-        if isinstance(body, JSONResponse):
-            return body
-        texts, segments = body.rows()
-        if len(texts) > limits.max_items:
-            return _error(413, f"{len(texts)} inputs in one request; the limit is {limits.max_items}")
-        try:
-            adapters = bank.resolve_all(segments)
-        except UnknownSegmentError as exc:
-            request.state.log.update(segments=_counts(segments))
-            return _error(404, str(exc), known_segments=sorted(bank.segments))
-        preds = await batcher.submit(texts, adapters)
-        request.state.log.update(rows=len(texts), segments=_counts(segments), adapters=_counts(adapters))
-        return {
-            "predictions": [
-                {
-                    "segment": seg,
-                    "adapter": p.adapter,
-                    **(
-                        {"score": p.score}
-                        if p.score is not None
-                        else {"label": p.label, "probabilities": p.probabilities}
-                    ),
-                }
-                for seg, p in zip(segments, preds)
-            ]
-        }
-
-    @app.get("/v1/adapters")
-    async def adapters():
-        return bank.describe()
-
-    @app.post("/v1/adapters", status_code=201)
-    async def add_adapter(request: Request):
-        body = await _parse(request, AddAdapterRequest)
-        if isinstance(body, JSONResponse):
-            return body
-        request.state.log.update(adapter=body.name)
-        root = bank.folder.resolve()
-        folder = (root / body.path).resolve()
-        if Path(body.path).is_absolute() or not folder.is_relative_to(root):
-            return _error(
-                403, f"path {body.path!r} is outside the bank folder; adapters load from inside it only"
-            )
-        if not folder.is_dir():
-            return _error(404, f"no adapter folder {body.path!r} inside the bank folder")
-        if body.name in bank.adapters:
-            return _error(409, f"the bank already has an adapter named {body.name!r}")
-        try:
-            await asyncio.get_running_loop().run_in_executor(
-                None, lambda: bank.add(body.name, folder, segments=body.segments)
-            )
-        except PeftkitError as exc:
-            return _error(422, str(exc))
-        return {"added": body.name, "segments": body.segments or [body.name]}
-
-    @app.get("/healthz")
-    async def healthz():
-        return {
-            "status": "ok",
-            "adapters": len(bank.adapters),
-            "loaded": bank.loaded,
-            "batches": batcher.batches,
-        }
-
+    app.state.bank, app.state.limits = bank, limits or ServeLimits()
+    app.state.batcher = _Batcher(bank, app.state.limits)
+    app.middleware("http")(_limit_and_log)
+    app.add_exception_handler(RequestValidationError, _invalid_body)
+    app.add_exception_handler(UnknownSegmentError, _unknown_segment)
+    app.include_router(router)
     return app
 
 
-async def _parse(request: Request, model: type[BaseModel]):
-    """The JSON body as `model`, or a 422 response saying what is wrong.
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    app.state.batcher.start()
+    yield
+    await app.state.batcher.stop()
 
-    Read by hand rather than declared as a FastAPI body parameter so that a JSON body is accepted whatever its
-    Content-Type (``curl -d`` sends form-urlencoded).
+
+async def _limit_and_log(request: Request, call_next) -> Response:
+    """Refuse bodies of unknown or too large size before reading them; log one line per request."""
+    started = time.perf_counter()
+    request.state.log = {}
+    limit = request.app.state.limits.max_body_bytes
+    size = request.headers.get("content-length")
+    if request.method == "POST" and not (size or "").isdigit():
+        # The size limit is checked before the body is read: a body of unknown length could be any size.
+        response = _error(411, "send a Content-Length header with the request body")
+    elif size is not None and size.isdigit() and int(size) > limit:
+        response = _error(413, f"request body is {int(size):,} bytes; the limit is {limit:,}")
+    else:
+        response = await call_next(request)
+    extra = " ".join(f"{k}={v}" for k, v in request.state.log.items())
+    elapsed_ms = 1000 * (time.perf_counter() - started)
+    log.info("%s %s %d %.1fms %s", request.method, request.url.path, response.status_code, elapsed_ms, extra)
+    return response
+
+
+async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return _error(422, _problems(_model_errors(request, exc)))
+
+
+def _model_errors(request: Request, exc: RequestValidationError) -> list:
+    """The body's problems as pydantic words them validating the JSON against the route's model.
+
+    FastAPI validates from attributes too, which words a type error without the model's name.
     """
-    import json
-
     from pydantic import ValidationError
 
-    raw = await request.body()
+    body_field = getattr(request.scope.get("route"), "body_field", None)
+    if body_field is None:  # the body is there: `JSONBodyRoute` refuses an empty one
+        return exc.errors()
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return _error(422, f"body is not valid JSON: {exc}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        return _error(422, _problems(exc.errors()))
+        body_field.field_info.annotation.model_validate(exc.body)
+    except ValidationError as err:
+        return err.errors()
+    return exc.errors()
+
+
+async def _unknown_segment(request: Request, exc: UnknownSegmentError) -> JSONResponse:
+    return _error(404, str(exc), known_segments=sorted(request.app.state.bank.segments))
+
+
+def _prediction_json(segment: str | None, p: Prediction) -> dict[str, Any]:
+    answer = (
+        {"score": p.score} if p.score is not None else {"label": p.label, "probabilities": p.probabilities}
+    )
+    return {"segment": segment, "adapter": p.adapter, **answer}
 
 
 def _problems(errors) -> str:

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from peftkit.methods._peft import PEFT_BANK_CALLS, apply_peft, attach_peft, save_peft
-from peftkit.methods.base import MethodContext, MethodOptions, MethodSpec
+from peftkit.methods.base import MethodContext, MethodOptions, MethodSpec, Preflight
 
 
 class AdaLoraOptions(MethodOptions):
@@ -91,6 +91,54 @@ def settled_step(opts: AdaLoraOptions, ctx: MethodContext) -> int:
     return sched["total_step"] - sched["tfinal"]
 
 
+# peftkit doctor's preflight: fewer rank allocations than this and the "adaptive" part barely happens (the default
+# schedule aims at ~20)...
+MIN_ALLOCATIONS = 5
+# ...and a final budget under this share of the starting ranks leaves most modules at rank 0 or 1.
+MIN_KEPT_SHARE = 0.1
+
+
+def allocation_plan(opts: AdaLoraOptions, total_steps: int) -> tuple[dict[str, int], int]:
+    """AdaLoRA's schedule for a run (`schedule`) and how many times ranks get reallocated.
+
+    peft reallocates at every step s with tinit < s < total_step - tfinal and s % deltaT == 0, then once more, forced,
+    at s == total_step - tfinal (``AdaLoraModel.update_and_allocate``); peftkit calls it with s = 1..total_step.
+    """
+    sched = schedule(opts, total_steps)
+    end, tinit, delta = sched["total_step"] - sched["tfinal"], sched["tinit"], sched["deltaT"]
+    inside = max(0, (end - 1) // delta - tinit // delta) if end - 1 > tinit else 0
+    return sched, inside + (1 if end >= 1 else 0)
+
+
+def preflight(model, opts: AdaLoraOptions, runs: list[tuple[str, MethodContext]]) -> Preflight:
+    """A short run leaves no room for rank allocation to work: the schedule of each planned run ``(label, ctx)``, and
+    the rank budget of `model` (the applied meta-device model; None when applying failed)."""
+    warnings, facts = [], []
+    for label, ctx in runs:
+        sched, allocations = allocation_plan(opts, ctx.total_steps)
+        facts.append(
+            f"{label}: {ctx.total_steps} steps, tinit {sched['tinit']}, tfinal {sched['tfinal']}, "
+            f"deltaT {sched['deltaT']}, {allocations} allocation(s)"
+        )
+        if opts.warmup_fraction > 0 and sched["tinit"] == 0:
+            warnings.append(
+                f"{label} is too short for a warmup (tinit collapses to 0): ranks are pruned on untrained importance scores"
+            )
+        if allocations < MIN_ALLOCATIONS:
+            warnings.append(f"{label} allocates ranks only {allocations} time(s) (< {MIN_ALLOCATIONS})")
+    fixes = ["train longer (--epochs, --max-steps) or use --method lora for runs this short"] if warnings else []
+    allocator = getattr(getattr(model, "base_model", None), "rankallocator", None)
+    if allocator is not None:
+        start, final, modules = allocator.init_bgt, allocator.target_bgt, len(allocator.name_set)
+        facts.append(f"rank budget {start} -> {final} over {modules} modules")
+        if final < MIN_KEPT_SHARE * start:
+            warnings.append(
+                f"the final budget keeps {final} of {start} ranks (under {MIN_KEPT_SHARE:.0%}): most modules end at rank 0 or 1"
+            )
+            fixes.append("raise method.target_r (or lower method.init_r)")
+    return Preflight(warnings, facts, fixes)
+
+
 def callbacks(model, opts, ctx):
     from transformers import TrainerCallback
 
@@ -150,6 +198,62 @@ def describe(folder: Path) -> dict:
     }
 
 
+def to_lora(cfg: dict, tensors: dict) -> tuple[dict, dict]:
+    """The saved AdaLoRA adapter as plain LoRA with the same update, exactly (`MethodSpec.to_lora`).
+
+    peft's AdaLoRA ``SVDLinear`` adds ``ΔW = lora_B @ (lora_A * lora_E) * scaling / (ranknum + 1e-5)`` with
+    ``lora_A`` (k, d_in), ``lora_E`` (k, 1) the singular values, ``lora_B`` (d_out, k), ``scaling = lora_alpha``
+    (``init_r`` when alpha <= 0), and ``ranknum = init_r``: peft saves each module cut to its allocated rank k
+    (``rank_pattern``) and, on load, keeps ``ranknum`` at ``init_r``. Plain LoRA adds ``(alpha_k / r_k) * B @ A``,
+    so with ``A = lora_A * lora_E * scaling / (init_r + 1e-5)``, ``B = lora_B`` and ``alpha_k = r_k = k`` the two
+    are the same. Ranks differ per module, so every module gets its own ``rank_pattern``/``alpha_pattern`` entry;
+    the global ``r = lora_alpha = max k`` keeps vLLM, which applies one ``lora_alpha / r`` to all modules, at
+    scale 1 too. Modules pruned to rank 0 add nothing and are dropped (``exclude_modules``).
+
+    Returns:
+        (the LoRA adapter config, with ``export_facts``: the dropped module paths and the folded scale, for
+        export.json; LoRA tensors keyed ``base_model.model.<path>.lora_{A,B}.weight``).
+    """
+    import re
+
+    from peftkit.errors import PeftkitError
+
+    def path_of(key: str) -> str:  # `base_model.model.<path>.lora_A` -> `<path>`
+        return re.sub(r"\.lora_[ABE]$", "", key).removeprefix("base_model.model.")
+
+    init_r = int(cfg["init_r"])
+    scaling = cfg["lora_alpha"] if cfg["lora_alpha"] > 0 else float(init_r)
+    scale = scaling / (init_r + 1e-5)
+    pattern = {path_of(k): sum(v) for k, v in (cfg.get("rank_pattern") or {}).items()}
+    odd = [k for k in tensors if not re.search(r"\.lora_[ABE]$", k)]
+    if odd:
+        raise PeftkitError(f"AdaLoRA weights hold {len(odd)} unexpected tensor(s) (first: {odd[0]})")
+    out, ranks, dropped = {}, {}, []
+    for key in sorted(k for k in tensors if k.endswith(".lora_A")):
+        stem = key.removesuffix(".lora_A")
+        a, e, b = tensors[key], tensors[f"{stem}.lora_E"], tensors[f"{stem}.lora_B"]
+        path, k = path_of(key), a.shape[0]
+        if path in pattern and pattern[path] != k:
+            raise PeftkitError(
+                f"AdaLoRA weights of {path} have rank {k} but rank_pattern allocates {pattern[path]}; "
+                "the adapter folder is inconsistent"
+            )
+        if k == 0:
+            dropped.append(path)
+            continue
+        # float64 for the product, then back to the saved dtype: one rounding, as peft's own forward has.
+        out[f"{stem}.lora_A.weight"] = (a.double() * e.double() * scale).to(a.dtype)
+        out[f"{stem}.lora_B.weight"] = b.clone()
+        ranks[path] = int(k)
+    top = max(ranks.values(), default=0)
+    folding = {"init_r": init_r, "lora_alpha": cfg["lora_alpha"], "folded_scale": scale}
+    lora_cfg = {**cfg, "peft_type": "LORA", "r": top, "lora_alpha": top, "use_rslora": False}
+    lora_cfg |= {"rank_pattern": dict(ranks), "alpha_pattern": dict(ranks)}
+    lora_cfg["exclude_modules"] = dropped or cfg.get("exclude_modules")
+    lora_cfg["export_facts"] = {"dropped_modules": dropped, "adalora": folding}
+    return lora_cfg, out
+
+
 SPEC = MethodSpec(
     name="adalora",
     summary="LoRA whose per-layer ranks are pruned to a budget by importance during training (peft)",
@@ -162,6 +266,8 @@ SPEC = MethodSpec(
     **PEFT_BANK_CALLS,
     callbacks=callbacks,
     settled_step=settled_step,
+    preflight=preflight,
     extra_loss=orthogonality_penalty,
     describe=describe,
+    to_lora=to_lora,
 )

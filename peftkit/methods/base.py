@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -40,6 +40,20 @@ class MethodContext:
     head_names: tuple[str, ...]
     total_steps: int = 0
     quantized: bool = False
+
+
+class Preflight(NamedTuple):
+    """What `peftkit doctor` reports about the planned runs of a method (the return of `MethodSpec.preflight`).
+
+    Attributes:
+        warnings: each makes the row a warning; empty: the runs look fine.
+        facts: what was found, shown either way.
+        fixes: what to do about the warnings.
+    """
+
+    warnings: list[str]
+    facts: list[str]
+    fixes: list[str]
 
 
 @dataclass(frozen=True)
@@ -74,9 +88,10 @@ class MethodSpec:
         to_lora: ``(adapter_config, tensors) -> (lora_config, tensors)``: the saved adapter as a plain LoRA, for
             ``peftkit export`` (LoRA: as saved; AdaLoRA: its SVD triplets folded into A and B). None: the method
             cannot be exported as LoRA.
-        preflight: ``(options, ctx) -> [warning]``: what ``peftkit doctor`` should warn about in a planned run of
-            this method before it starts (AdaLoRA: a schedule too short to reallocate ranks); ``ctx.total_steps``
-            is the run's optimizer steps.
+        preflight: ``(model, options, runs) -> Preflight``: what ``peftkit doctor`` reports about the planned runs
+            of this method before they start (AdaLoRA: a schedule too short to reallocate ranks). ``model`` is the
+            method applied to the meta-device base (None when that failed); ``runs`` holds ``(label, ctx)`` per
+            run, ``ctx.total_steps`` its optimizer steps.
     """
 
     name: str
@@ -100,4 +115,4 @@ class MethodSpec:
     mixed_batch: bool = False
     full_model: bool = False
     to_lora: Callable[[dict, dict], tuple[dict, dict]] | None = None
-    preflight: Callable[[Any, MethodContext], list[str]] | None = None
+    preflight: Callable[[nn.Module | None, Any, list[tuple[str, MethodContext]]], Preflight] | None = None

@@ -42,6 +42,11 @@ def apply(base, opts: LoraOptions, ctx: MethodContext):
     )
 
 
+def to_lora(cfg: dict, tensors: dict) -> tuple[dict, dict]:
+    """A saved LoRA adapter is plain LoRA already: its adapter config and tensors as saved (`MethodSpec.to_lora`)."""
+    return cfg, tensors
+
+
 SPEC = MethodSpec(
     name="lora",
     summary="low-rank updates B@A on attention weights (peft); the usual first choice",
@@ -53,4 +58,5 @@ SPEC = MethodSpec(
     save=save_peft,
     **PEFT_BANK_CALLS,
     mixed_batch=True,
+    to_lora=to_lora,
 )
