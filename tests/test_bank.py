@@ -278,13 +278,13 @@ def test_warm_start_begins_at_the_global_adapter(tiny_models, tmp_path, method):
     """A warm-started adapter before any step answers exactly as the adapter it starts from."""
     from peftkit.data import load_splits
     from peftkit.inference.predictor import Predictor
-    from peftkit.training.loop import _setup_model
+    from peftkit.training.model_setup import setup_model
 
     cfg = bank_cfg(tiny_models, tmp_path, method=method).model_copy(update={"segments": None})
     cfg = cfg.model_copy(update={"output": str(tmp_path / "global")})
     trained = train(cfg, progress=False)
     splits = load_splits(cfg.data, cfg.task, cfg.train.seed)
-    run = _setup_model(cfg, splits, init_from=tmp_path / "global")
+    run = setup_model(cfg, splits, init_from=tmp_path / "global")
     fresh = Predictor(
         run.model, run.tokenizer, task=cfg.task, labels=splits.labels, max_length=64, adapter="x"
     )

@@ -173,7 +173,7 @@ def test_save_then_attach_reproduces_the_trained_model(arch, placement, batch, t
     assert config["adapted_modules"] == list(model.adapted_modules)
     assert config["options"]["placement"] == placement
     tensors = load_file(tmp_path / "adapter_model.safetensors")
-    # keyed by path in the HF model: Trainer resume (peftkit.training.loop) loads the file straight into it
+    # keyed by path in the HF model: Trainer resume (peftkit.training.hf_trainer) loads the file straight into it
     assert set(tensors) == {n.removeprefix("model.") for n in trainable(model)}
     assert model.model.load_state_dict(tensors, strict=False).unexpected_keys == []
 

@@ -81,7 +81,7 @@ def test_reading_a_local_file_touches_no_network(tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", lambda host, *args, **kw: lookups.append(host) or [][0])
     for suffix in (".csv", ".jsonl", ".parquet"):
         read_table(write(tmp_path / f"rows{suffix}", ROWS))
-    assert lookups == []  # `datasets` would otherwise ping the Hub on every load (seconds each, offline)
+    assert lookups == []  # a reader that pings the Hub (as `datasets` did) costs seconds per load offline
 
 
 def test_read_errors_name_the_file(tmp_path):

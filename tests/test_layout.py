@@ -45,7 +45,9 @@ def _imports(name: str) -> list[tuple[str, list[str], int]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base]).strip(".")
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + [base]
+                ).strip(".")
             if not base.startswith("peftkit"):
                 continue
             for alias in node.names:
@@ -69,7 +71,9 @@ def test_the_docstring_names_every_top_level_module_and_package():
 
 def test_imports_run_down_the_layers():
     layers = _layers()
-    layers["peftkit"] = max(layers.values()) + 1  # the package's own API (`peftkit.load`...) sits above everything
+    layers["peftkit"] = (
+        max(layers.values()) + 1
+    )  # the package's own API (`peftkit.load`...) sits above everything
 
     def layer(module: str) -> int:
         return layers.get(_top(module), layers["peftkit"])

@@ -44,7 +44,9 @@ def test_old_adapter_reloads_with_identical_predictions(base, method):
     )
 
 
-@pytest.mark.parametrize("name", ["adapter-lora", "adapter-adalora", "adapter-bottleneck", "bank/global", "bank/app"])
+@pytest.mark.parametrize(
+    "name", ["adapter-lora", "adapter-adalora", "adapter-bottleneck", "bank/global", "bank/app"]
+)
 def test_old_manifest_round_trips_unchanged(name):
     folder = FIXTURES / name
     assert read_manifest(folder).to_json() == json.loads((folder / MANIFEST).read_text())

@@ -26,7 +26,7 @@ from sklearn.linear_model import LogisticRegressionCV
 import peftkit
 from peftkit import models
 from peftkit.artifacts.manifest import package_versions
-from peftkit.cli.train import DEFAULT_RECIPE
+from peftkit.cli.options import DEFAULT_RECIPE
 from peftkit.config import load_config
 from peftkit.data import load_splits
 from peftkit.recipes import recipe_path
@@ -75,7 +75,7 @@ def main() -> None:
         # The predictor's labels are the split's label names in head order; the split's eval labels are indices.
         pred = logits.argmax(axis=1)
         ours, theirs = (pred == labels).astype(float), (base_pred == labels).astype(float)
-        assert abs(ours.mean() - manifest["metrics"]["accuracy"]) < 1e-9, (
+        assert abs(ours.mean() - manifest.metrics["accuracy"]) < 1e-9, (
             "reloaded adapter disagrees with training"
         )
         rows.append(
@@ -86,12 +86,12 @@ def main() -> None:
                 "train_rows": len(splits.train_texts),
                 "eval_rows": len(labels),
                 "majority_accuracy": float(np.bincount(labels).max() / len(labels)),
-                "dtype": manifest["dtype"],
+                "dtype": manifest.dtype,
                 "peftkit": {
                     "accuracy": float(ours.mean()),
                     "accuracy_95": interval(ours, rng),
-                    "metrics": manifest["metrics"],
-                    "train_seconds": manifest["train"]["seconds"],
+                    "metrics": manifest.metrics,
+                    "train_seconds": manifest.train.seconds,
                     "wall_seconds": round(train_wall, 1),
                 },
                 "char_tfidf_logreg": {

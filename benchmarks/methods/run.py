@@ -66,7 +66,7 @@ def main() -> None:
             )
             started = time.perf_counter()
             result = train(cfg, progress=False)
-            m = result.manifest
+            m = result.manifest.to_json()
             runs.append(
                 {
                     "method": method,

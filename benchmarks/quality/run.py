@@ -138,7 +138,7 @@ def peftkit_row(ds, base, method, task, seed, files, test, max_length, tmp, extr
         "head_lr": plan["head_lr"],
         "pooling": result.manifest.pooling,
         "dtype": result.manifest.dtype,
-        "kept_step": (result.manifest.train.get("selection") or {}).get("kept_step"),
+        "kept_step": (getattr(result.manifest.train, "selection", None) or {}).get("kept_step"),
         "steps": result.manifest.train.steps,
     }
 

@@ -36,7 +36,7 @@ METRICS = ("accuracy", "auc", "macro_f1", "mae", "spearman", "rmse")
 def run(recipe: str, seed: int, overrides: dict) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(recipe_path(recipe), {**overrides, "train.seed": seed, "output": out})
-        m = train(cfg, progress=False).manifest
+        m = train(cfg, progress=False).manifest.to_json()
     return {
         "seed": seed,
         "metrics": {k: v for k, v in m["metrics"].items() if isinstance(v, float | int)},

@@ -74,7 +74,7 @@ def tabular_baseline(cfg, splits) -> dict:
 def adapter_run(cfg, out: str, **overrides) -> dict:
     cfg = load_config(recipe_path(cfg), {"output": out, **overrides})
     started = time.perf_counter()
-    m = train(cfg, progress=False).manifest
+    m = train(cfg, progress=False).manifest.to_json()
     return {
         "metrics": m["metrics"],
         "trainable_params": m["trainable_params"],

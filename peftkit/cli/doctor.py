@@ -32,11 +32,24 @@ from peftkit.cli.options import (
     TemplateOpt,
     TextColumnOpt,
     WarmStartOpt,
-    flag_overrides,
+    recipe_or_default,
+    run_config,
 )
-from peftkit.cli.train import DEFAULT_RECIPE
 
 _STYLES = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+
+
+# This command's own flags; the shared ones are in peftkit.cli.options.
+_OutputOpt = Annotated[
+    Optional[Path],
+    typer.Option(help="Adapter folder the run would write; default runs/<data>-<model>-<method>."),
+]
+_OverwriteOpt = Annotated[
+    bool, typer.Option(help="The run would replace an existing, different adapter in --output.")
+]
+_ResumeOpt = Annotated[
+    bool, typer.Option(help="The run would continue an interrupted run: check that a checkpoint exists.")
+]
 
 
 @command
@@ -52,10 +65,7 @@ def doctor(
     task: TaskOpt = None,
     labels: LabelsOpt = None,
     quant: QuantOpt = None,
-    output: Annotated[
-        Optional[Path],
-        typer.Option(help="Adapter folder the run would write; default runs/<data>-<model>-<method>."),
-    ] = None,
+    output: _OutputOpt = None,
     epochs: EpochsOpt = None,
     max_steps: MaxStepsOpt = None,
     batch_size: BatchSizeOpt = None,
@@ -68,12 +78,8 @@ def doctor(
     warm_start: WarmStartOpt = None,
     fallback: FallbackOpt = None,
     set_: SetOpt = None,
-    overwrite: Annotated[
-        bool, typer.Option(help="The run would replace an existing, different adapter in --output.")
-    ] = False,
-    resume: Annotated[
-        bool, typer.Option(help="The run would continue an interrupted run: check that a checkpoint exists.")
-    ] = False,
+    overwrite: _OverwriteOpt = False,
+    resume: _ResumeOpt = False,
     json_: JsonFlag = False,
 ) -> None:
     """Check the environment and a run before starting it: package versions, device and 8-bit support, disk space
@@ -92,22 +98,16 @@ def doctor(
     peftkit doctor --recipe reviews/minilm-l6_lora_by-platform --json
     ```
     """
-    from peftkit.config import load_config
     from peftkit.doctor import has_failures, run_checks
     from peftkit.errors import PeftkitError
-    from peftkit.recipes import recipe_path
 
-    if recipe is None and data is None:
-        recipe = DEFAULT_RECIPE
     try:
-        overrides = flag_overrides(locals())
-        if output is not None:
-            overrides["output"] = str(output)
-        cfg = load_config(recipe_path(recipe) if recipe else None, overrides)
+        cfg = run_config(locals())
     except PeftkitError as exc:  # a bad recipe or flag is one failed row among the others, not the end
         cfg = exc
+    source = recipe_or_default(recipe, data) or "flags"
     with stdout_to_stderr():  # data and model libraries may print; stdout is for the report
-        checks = run_checks(cfg, overwrite=overwrite, resume=resume, source=recipe or "flags")
+        checks = run_checks(cfg, overwrite=overwrite, resume=resume, source=source)
     emit([c.to_dict() for c in checks], json_, lambda: _print(checks))
     if has_failures(checks):
         raise typer.Exit(1)

@@ -1,17 +1,20 @@
-"""Option types shared by commands, defined once: ``train`` uses them now; ``compare`` and friends reuse them."""
+"""Option types shared by commands, defined once: ``train`` and ``doctor`` take them all (and turn them into a run
+config with `run_config`); ``compare`` and friends reuse some."""
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, get_args
 
 import typer
 
+from peftkit import config
 from peftkit.methods import METHODS
 
+# The closed choices come from the config's own types: typer lists and checks them, the config checks them again.
 Method = Enum("Method", {name: name for name in METHODS}, type=str)
-Task = Enum("Task", {t: t for t in ("classification", "ordinal", "regression")}, type=str)
-Quant = Enum("Quant", {"none": "none", "8bit": "8bit"}, type=str)
+Task = Enum("Task", {t: t for t in get_args(config.Task)}, type=str)
+Quant = Enum("Quant", {q: q for q in get_args(config.Quant)}, type=str)
 ReportTo = Enum("ReportTo", {r: r for r in ("tensorboard", "wandb", "mlflow")}, type=str)
 
 _methods_help = "; ".join(
@@ -110,8 +113,6 @@ def run_overrides(
     set_=None,
 ) -> dict:
     """The shared flags as dotted config overrides (`peftkit.config.load_config`); unset flags are left out."""
-    from peftkit.config import parse_set
-
     flags = {
         "model.name": model,
         "method.name": method.value if method else None,
@@ -135,7 +136,7 @@ def run_overrides(
         "segments.warm_start": warm_start,
         "segments.fallback": fallback.value if fallback else None,
     }
-    return {k: v for k, v in flags.items() if v is not None} | parse_set(set_ or [])
+    return {k: v for k, v in flags.items() if v is not None} | config.parse_set(set_ or [])
 
 
 def flag_overrides(params: dict) -> dict:
@@ -148,3 +149,23 @@ def flag_overrides(params: dict) -> dict:
 
     shared = inspect.signature(run_overrides).parameters
     return run_overrides(**{name: value for name, value in params.items() if name in shared})
+
+
+DEFAULT_RECIPE = "reviews/multilingual-e5-small_lora.yaml"
+
+
+def recipe_or_default(recipe: str | None, data: str | None) -> str | None:
+    """--recipe, or the built-in default recipe when neither --recipe nor --data is given."""
+    return DEFAULT_RECIPE if recipe is None and data is None else recipe
+
+
+def run_config(params: dict[str, Any]) -> config.RunConfig:
+    """The run a `train` or `doctor` call describes, from its parameters (pass `locals()`): the recipe
+    (`recipe_or_default`) with the flags and --output over it. Raises PeftkitError for a bad recipe or flag."""
+    from peftkit.recipes import recipe_path
+
+    overrides = flag_overrides(params)
+    if params.get("output") is not None:
+        overrides["output"] = str(params["output"])
+    recipe = recipe_or_default(params.get("recipe"), params.get("data"))
+    return config.load_config(recipe_path(recipe) if recipe else None, overrides)

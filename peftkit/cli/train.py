@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -32,10 +32,19 @@ from peftkit.cli.options import (
     TemplateOpt,
     TextColumnOpt,
     WarmStartOpt,
-    flag_overrides,
+    run_config,
 )
 
-DEFAULT_RECIPE = "reviews/multilingual-e5-small_lora.yaml"
+if TYPE_CHECKING:
+    from peftkit.training.loop import TrainResult
+
+
+# This command's own flags; the shared ones are in peftkit.cli.options.
+_OutputOpt = Annotated[
+    Optional[Path], typer.Option(help="Adapter folder to write; default runs/<data>-<model>-<method>.")
+]
+_OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing, different adapter in --output.")]
+_ResumeOpt = Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")]
 
 
 @command
@@ -51,9 +60,7 @@ def train(
     task: TaskOpt = None,
     labels: LabelsOpt = None,
     quant: QuantOpt = None,
-    output: Annotated[
-        Optional[Path], typer.Option(help="Adapter folder to write; default runs/<data>-<model>-<method>.")
-    ] = None,
+    output: _OutputOpt = None,
     epochs: EpochsOpt = None,
     max_steps: MaxStepsOpt = None,
     batch_size: BatchSizeOpt = None,
@@ -66,12 +73,8 @@ def train(
     warm_start: WarmStartOpt = None,
     fallback: FallbackOpt = None,
     set_: SetOpt = None,
-    overwrite: Annotated[
-        bool, typer.Option(help="Replace an existing, different adapter in --output.")
-    ] = False,
-    resume: Annotated[
-        bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")
-    ] = False,
+    overwrite: _OverwriteOpt = False,
+    resume: _ResumeOpt = False,
     json_: JsonFlag = False,
 ) -> None:
     """Train one adapter and write its folder (weights, manifest, model card, loss curve); with
@@ -93,23 +96,22 @@ def train(
         --segment-column platform --min-segment-rows 500 --output banks/churn
     ```
     """
-    from peftkit.config import load_config
-    from peftkit.recipes import recipe_path
     from peftkit.training.loop import train as run_training
 
-    overrides = flag_overrides(locals())
-    if output is not None:
-        overrides["output"] = str(output)
-    if recipe is None and data is None:
-        recipe = DEFAULT_RECIPE
-    cfg = load_config(recipe_path(recipe) if recipe else None, overrides)
+    cfg = run_config(locals())
     if cfg.segments is not None:
         _train_bank(cfg, overwrite=overwrite, resume=resume, json_=json_)
         return
     with stdout_to_stderr():
         result = run_training(cfg, overwrite=overwrite, resume=resume)
+    summary = _summary(result)
+    emit(summary, json_, lambda: _print_summary(summary))
+
+
+def _summary(result: TrainResult) -> dict:
+    """What `peftkit train` reports about the adapter it wrote (the JSON of --json)."""
     m = result.manifest
-    summary = {
+    return {
         "output": str(result.output),
         "method": m.method,
         "base": m.base.name,
@@ -120,7 +122,6 @@ def train(
         "train_samples_per_second": m.train.samples_per_second,
         "seconds": m.train.seconds,
     }
-    emit(summary, json_, lambda: _print_summary(summary))
 
 
 def _print_summary(s: dict) -> None:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import os
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
+from peftkit.artifacts.io import atomic_path
 from peftkit.errors import PeftkitError
 
 PACKAGE = "vadersentiment==3.3.2"
@@ -100,16 +100,9 @@ def _install(sdist: bytes, target: Path) -> Path:
         raise PeftkitError(f"{SDIST} has no readable {MEMBER} ({exc}); is it the real 3.3.2 sdist?") from exc
     if (digest := _sha256(content)) != FILE_SHA256:
         raise PeftkitError(f"{MEMBER} in {SDIST} has sha256 {digest}, not the expected {FILE_SHA256}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the cache's other files are readable by all
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(content)
+        tmp.chmod(0o644)  # the temporary file is owner-only; the cache's other files are readable by all
     return target
 
 

@@ -1,8 +1,8 @@
 """Reading rows: a CSV, JSONL/JSON or Parquet file (or a packaged dataset) into a frame, and a frame's rows into
 texts (one column, or a ``--template`` over several).
 
-Files go through Hugging Face ``datasets`` (the same reader the rest of the HF stack uses), then become a pandas
-frame. Every failure a user can cause (missing file, wrong extension, empty file, unparsable content) becomes a
+Files are read with pandas (Arrow for JSON Lines and Parquet, so their types are the ones Hugging Face ``datasets``
+gives). Every failure a user can cause (missing file, wrong extension, empty file, unparsable content) becomes a
 one-line `PeftkitError` naming the file.
 
 CSV cells are read as strings, never guessed: a product id ``007`` or a query ``NA`` stays text, a label ``1``
@@ -12,18 +12,20 @@ not ``3.0`` because some other row is empty). Only an empty cell is missing. JSO
 
 from __future__ import annotations
 
+import codecs
 import contextlib
-import logging
+import io
+import json
 import re
 import string
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from peftkit.artifacts.io import atomic_path
 from peftkit.errors import PeftkitError
 
 BUILTIN_PREFIX = "builtin:"
@@ -67,9 +69,8 @@ BUILTIN_DATASETS: dict[str, Callable[[], pd.DataFrame]] = {
     "builtin:amazon-snippets/polar": _amazon(polar=True),
 }
 
-# extension -> `datasets` packaged builder; `.json` goes to the same builder, which reads JSON Lines and also a
-# single top-level array of objects.
-_READERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+# extension -> the format's name in messages; `.json` is read as JSON Lines, or as one top-level array of objects.
+_FORMATS = {".csv": "CSV", ".jsonl": "JSON Lines", ".json": "JSON Lines", ".parquet": "Parquet"}
 
 # How much of a library's error message to keep: enough to say what broke, short enough for one line.
 _REASON_CHARS = 160
@@ -126,8 +127,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise PeftkitError(f"data file {file} does not exist; check the path (or use {BUILTIN_REVIEWS})")
     if not file.is_file():
         raise PeftkitError(f"data file {file} is a directory; give one .csv, .jsonl, .json or .parquet file")
-    builder = _READERS.get(file.suffix.lower())
-    if builder is None:
+    kind = _FORMATS.get(file.suffix.lower())
+    if kind is None:
         raise PeftkitError(
             f"data file {file}: unsupported extension {file.suffix or '(none)'!r}; "
             "supported: .csv, .jsonl, .json (one object per line), .parquet"
@@ -135,94 +136,83 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if file.stat().st_size == 0:
         raise PeftkitError(f"data file {file} is empty; it needs a header (CSV) and at least one row")
 
-    options = _csv_options(file) if builder == "csv" else {}
-    if builder == "parquet":
-        _check_parquet_has_rows(file)
-    frame = _load(builder, file, options)
-    if len(frame) == 0:
+    frame = _load(file, kind)
+    if frame.empty:  # no rows, or only empty objects ({} lines)
         raise PeftkitError(f"data file {file} has no rows; add at least one data row")
     return frame.reset_index(drop=True)
 
 
-def _csv_options(file: Path) -> dict[str, object]:
-    """Options that make the CSV reader keep every cell as written (see the module docstring for why)."""
-    from datasets import Features, Value
-
+def _load(file: Path, kind: str) -> pd.DataFrame:
+    """Parse `file` as `kind` (a value of `_FORMATS`); any parser failure becomes one line naming the file."""
+    readers = {"CSV": _read_csv, "JSON Lines": _read_json, "Parquet": _read_parquet}
     try:
-        # Only the header, to declare every column a string up front; pandas names duplicate columns the same
-        # way here as in the full read, so the declared features match.
-        columns = list(pd.read_csv(file, nrows=0).columns)
-    except Exception as exc:  # any parser failure is the file's fault; say why in one line
-        raise PeftkitError(f"data file {file} could not be read as CSV: {_reason(exc)}") from exc
-    if not columns:
+        return readers[kind](file)
+    except PeftkitError:
+        raise
+    except Exception as exc:  # the parsers raise many types for one cause: a bad file
+        hint = "; save it as UTF-8" if isinstance(_root_cause(exc), UnicodeDecodeError) else ""
+        raise PeftkitError(f"data file {file} could not be read as {kind}: {_reason(exc)}{hint}") from exc
+
+
+def _read_csv(file: Path) -> pd.DataFrame:
+    """Every cell as written, a string (see the module docstring for why)."""
+    # pandas would otherwise turn the words NA, NULL, None, nan... into missing values: only "" is missing.
+    frame = pd.read_csv(file, dtype=str, keep_default_na=False, na_values=[""])
+    if frame.columns.empty:
         raise PeftkitError(f"data file {file} has no header row; the first line must name the columns")
-    return {
-        "features": Features({column: Value("string") for column in columns}),
-        # pandas would otherwise turn the words NA, NULL, None, nan... into missing values: only "" is missing.
-        "keep_default_na": False,
-        "na_values": [""],
-    }
+    return frame
 
 
-def _check_parquet_has_rows(file: Path) -> None:
-    # `datasets` fails on a 0-row Parquet file with an Arrow batch-size error that says nothing useful.
+def _read_json(file: Path) -> pd.DataFrame:
+    """JSON Lines, or one array of objects, with the types Arrow infers (as `datasets` has them): numbers, booleans,
+    ISO dates as timestamps."""
+    import pyarrow as pa
+
+    data = file.read_bytes().removeprefix(codecs.BOM_UTF8)
+    data.decode("utf-8")  # Arrow does not check the encoding: a GBK file would come back as broken strings
+    if data.lstrip().startswith(b"["):
+        data = _array_to_lines(data)
+    if not data.strip():
+        return pd.DataFrame()
+    try:
+        return pd.read_json(io.BytesIO(data), lines=True, engine="pyarrow")
+    except pa.ArrowInvalid as exc:
+        # Arrow refuses a column whose values change type (1 in one row, "pos" in the next) and a row longer than
+        # its block; pandas' own parser reads both, each value as JSON has it (dtype=False: "007" stays text).
+        reason = str(exc)
+        if "straddling" not in reason and not ("Column(/" in reason and "changed from" in reason):
+            raise
+        try:
+            return pd.read_json(io.BytesIO(data), lines=True, dtype=False, precise_float=True)
+        except ValueError:
+            raise exc from None
+
+
+def _array_to_lines(data: bytes) -> bytes:
+    """A top-level JSON array as JSON Lines; an array of plain values becomes a ``text`` column."""
+    rows = json.loads(data)
+    if rows and not isinstance(rows[0], dict):
+        rows = [{"text": row} for row in rows]
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
+
+
+def _read_parquet(file: Path) -> pd.DataFrame:
+    """The file's columns as stored, whichever library wrote it."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        rows = pq.read_metadata(file).num_rows
-    except Exception as exc:
-        raise PeftkitError(f"data file {file} could not be read as Parquet: {_reason(exc)}") from exc
-    if rows == 0:
-        raise PeftkitError(f"data file {file} has no rows; add at least one data row")
-
-
-def _load(builder: str, file: Path, options: dict[str, object]) -> pd.DataFrame:
-    from datasets import load_dataset
-
-    kind = {"csv": "CSV", "json": "JSON Lines", "parquet": "Parquet"}[builder]
-    # A throw-away cache: the default ~/.cache entry is keyed on path and modification time, so an edited file
-    # could come back stale, and every temporary test file would leave an Arrow copy behind.
-    with _quiet_datasets(), tempfile.TemporaryDirectory(prefix="peftkit-data-") as cache:
-        try:
-            dataset = load_dataset(
-                builder, data_files=str(file), split="train", cache_dir=cache, keep_in_memory=True, **options
-            )
-            return dataset.to_pandas()
-        except Exception as exc:  # the library raises many types for one cause: a bad file
-            if "corresponds to no data" in str(exc):  # a CSV with a header and no rows
-                raise PeftkitError(f"data file {file} has no rows; add at least one data row") from exc
-            hint = "; save it as UTF-8" if isinstance(_root_cause(exc), UnicodeDecodeError) else ""
-            raise PeftkitError(f"data file {file} could not be read as {kind}: {_reason(exc)}{hint}") from exc
-
-
-@contextlib.contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """Keep `datasets` quiet and local while it reads one file; its settings are restored afterwards.
-
-    Hides its progress bars and error logging (we report the error ourselves, once), and turns off its download
-    counter: for every load, even of a local CSV, it sends a HEAD request to the Hub, which on a machine without
-    network stalls each read for seconds.
-    """
-    import datasets
-
-    logger, settings = logging.getLogger("datasets"), datasets.config
-    level, bars, counts = logger.level, datasets.is_progress_bar_enabled(), settings.HF_UPDATE_DOWNLOAD_COUNTS
-    logger.setLevel(logging.CRITICAL)
-    datasets.disable_progress_bars()
-    settings.HF_UPDATE_DOWNLOAD_COUNTS = False
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-        settings.HF_UPDATE_DOWNLOAD_COUNTS = counts
-        if bars:
-            datasets.enable_progress_bars()
+    # As `datasets` read it: the pandas metadata a writer left is ignored, so a saved index stays a column
+    # (``__index_level_0__`` or its name), and categoricals (Arrow dictionaries) and nullable ints come back as
+    # plain values. (pd.read_parquet passes ignore_metadata on only from pandas 3; the project supports 2.1.)
+    with pq.ParquetFile(file) as parquet:
+        table = parquet.read()
+    plain = [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in table.schema]
+    return table.cast(pa.schema(plain)).to_pandas(ignore_metadata=True)
 
 
 def _root_cause(exc: BaseException) -> BaseException:
-    # `datasets` wraps the parser's error (DatasetGenerationError from ArrowInvalid, ParserError...); the explicit
-    # cause says what is wrong with the file. Implicit context is not followed: after a failed Arrow parse the JSON
-    # reader retries with pandas, whose complaint ("Trailing data") is about the retry, not the file.
+    # A wrapped parser error (an ArrowInvalid or ParserError raised from another) is named by its explicit cause,
+    # which says what is wrong with the file. Implicit context is not followed: it is about a retry, not the file.
     while exc.__cause__ is not None and exc.__cause__ is not exc:
         exc = exc.__cause__
     return exc
@@ -365,22 +355,13 @@ def check_writable(path: Path) -> None:
 
 def write_table(frame: pd.DataFrame, path: Path) -> None:
     """Write `frame` as CSV, JSONL or Parquet (by suffix), atomically: a temp file beside it, then a rename."""
-    import os
-
     path = Path(path)
     check_writable(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        kind = _WRITERS[path.suffix.lower()]
+    kind = _WRITERS[path.suffix.lower()]
+    with atomic_path(path) as tmp:  # `tmp` has no suffix: the format comes from `path`
         if kind == "csv":
             frame.to_csv(tmp, index=False)
         elif kind == "jsonl":
             frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
         else:
             frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

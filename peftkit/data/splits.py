@@ -17,11 +17,12 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 import pandas as pd
 
+from peftkit.config import Task
 from peftkit.data.files import (
     build_texts,
     cell_text,
@@ -35,7 +36,7 @@ from peftkit.errors import PeftkitError
 if TYPE_CHECKING:  # the config module imports torch through the method table; this one stays light
     from peftkit.config import DataConfig
 
-TASKS = ("classification", "ordinal", "regression")
+TASKS = get_args(Task)
 
 
 @dataclass
@@ -92,60 +93,18 @@ def load_splits(data: DataConfig, task: str, seed: int) -> Splits:
     Raises:
         PeftkitError: a file, column, row, label or ``--labels`` problem; the message names it and the fix.
     """
-    if task not in TASKS:
-        raise PeftkitError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    if data.template is not None and data.label_column in template_columns(data.template):
-        raise PeftkitError(
-            f"--template uses the label column {{{data.label_column}}}: the model would see the "
-            "answer; remove it from the template or pick another --label-column"
-        )
+    _check_request(data, task)
     train, stats = _read_part(data.train, data, task, "train", {})
     order = _label_order(task, data, train)
     stats["sources"] = {"train": data.train, "eval": data.eval}
     stats["eval_rows_leaked"] = 0
     if data.eval is not None:
         held, stats = _read_part(data.eval, data, task, "eval", stats)
-        known = set(train.texts)  # kept training texts: a conflicting text dropped from train cannot leak
-        leaked = [text in known for text in held.texts]
-        stats["eval_rows_leaked"] = sum(leaked)
-        drop = leaked if data.deduplicate else [False] * len(leaked)
-        if data.group_column is not None:
-            seen = set(_groups(train, data))
-            crossing = [group in seen for group in _groups(held, data)]
-            stats["eval_group_rows_dropped"] = sum(c and not d for c, d in zip(crossing, drop))
-            drop = [c or d for c, d in zip(crossing, drop)]
-        fresh = [i for i, dropped in enumerate(drop) if not dropped]
-        if not fresh:
-            shares = " (or shares a group with a row of it)" if data.group_column is not None else ""
-            raise PeftkitError(
-                f"every row of eval file {held.source} also appears in {train.source}{shares}; "
-                "give held-out rows that are not in the training file"
-            )
-        held = held.take(fresh)
-        unseen = sorted(set(held.labels) - set(order)) if order else []
-        if unseen:
-            raise PeftkitError(
-                f"eval file {held.source} has labels never seen in training: {short_list(unseen)} "
-                f"({train.source} has {short_list(order)}); remove those rows or add training rows"
-            )
+        held = _drop_seen(train, held, data, stats)
+        _check_eval_labels(train, held, order)
         stats["split"] = "file"
     else:
-        by = f", whole {data.group_column!r} groups" if data.group_column is not None else ""
-        stats["sources"]["eval"] = f"{data.eval_fraction:g} of train, seed {seed}{by}"
-        if len(train.texts) < 2:
-            raise PeftkitError(
-                f"{train.source} has {len(train.texts)} usable row(s) after deduplication; "
-                "need at least 2 to hold some out (or give --eval)"
-            )
-        n_eval = min(max(1, math.ceil(len(train.texts) * data.eval_fraction)), len(train.texts) - 1)
-        if data.group_column is not None:
-            groups = _groups(train, data)
-            train_rows, eval_rows = _pick_groups(groups, n_eval, seed, data.group_column, train.source)
-            stats["split"] = "grouped"
-        else:
-            train_rows, eval_rows, stratified = _pick(train, len(train.texts) - n_eval, task, seed)
-            stats["split"] = "stratified" if stratified else "random"
-        train, held = train.take(train_rows), train.take(eval_rows)
+        train, held = _split(train, data, task, seed, stats)
 
     sizes = {"train": len(train.texts), "eval": len(held.texts)}
     train, held = _limit(train, data.max_train_rows, task, seed), _limit(held, data.max_eval_rows, task, seed)
@@ -155,18 +114,84 @@ def load_splits(data: DataConfig, task: str, seed: int) -> Splits:
     stats["train_rows"], stats["eval_rows"] = len(train.texts), len(held.texts)
     if data.group_column is not None:
         stats["groups"] = {side: len(set(_groups(p, data))) for side, p in (("train", train), ("eval", held))}
+    train_labels, eval_labels = _encode_labels(train, held, order, stats)
+    return Splits(train.texts, train_labels, held.texts, eval_labels, order, train.frame, held.frame, stats)
+
+
+def _check_request(data: DataConfig, task: str) -> None:
+    """Fail on an unknown task, or a template that shows the model its own label."""
+    if task not in TASKS:
+        raise PeftkitError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if data.template is not None and data.label_column in template_columns(data.template):
+        raise PeftkitError(
+            f"--template uses the label column {{{data.label_column}}}: the model would see the "
+            "answer; remove it from the template or pick another --label-column"
+        )
+
+
+def _drop_seen(train: _Part, held: _Part, data: DataConfig, stats: dict) -> _Part:
+    """The eval-file rows whose text (or, with ``data.group_column``, group) is not in train; counts into `stats`."""
+    known = set(train.texts)  # kept training texts: a conflicting text dropped from train cannot leak
+    leaked = [text in known for text in held.texts]
+    stats["eval_rows_leaked"] = sum(leaked)
+    drop = leaked if data.deduplicate else [False] * len(leaked)
+    if data.group_column is not None:
+        seen = set(_groups(train, data))
+        crossing = [group in seen for group in _groups(held, data)]
+        stats["eval_group_rows_dropped"] = sum(c and not d for c, d in zip(crossing, drop))
+        drop = [c or d for c, d in zip(crossing, drop)]
+    fresh = [i for i, dropped in enumerate(drop) if not dropped]
+    if not fresh:
+        shares = " (or shares a group with a row of it)" if data.group_column is not None else ""
+        raise PeftkitError(
+            f"every row of eval file {held.source} also appears in {train.source}{shares}; "
+            "give held-out rows that are not in the training file"
+        )
+    return held.take(fresh)
+
+
+def _check_eval_labels(train: _Part, held: _Part, order: list[str] | None) -> None:
+    """Fail when the eval file has a class label that training never saw."""
+    unseen = sorted(set(held.labels) - set(order)) if order else []
+    if unseen:
+        raise PeftkitError(
+            f"eval file {held.source} has labels never seen in training: {short_list(unseen)} "
+            f"({train.source} has {short_list(order)}); remove those rows or add training rows"
+        )
+
+
+def _split(train: _Part, data: DataConfig, task: str, seed: int, stats: dict) -> tuple[_Part, _Part]:
+    """Hold out ``data.eval_fraction`` of train (whole groups, or stratified where possible); says how in `stats`."""
+    by = f", whole {data.group_column!r} groups" if data.group_column is not None else ""
+    stats["sources"]["eval"] = f"{data.eval_fraction:g} of train, seed {seed}{by}"
+    if len(train.texts) < 2:
+        raise PeftkitError(
+            f"{train.source} has {len(train.texts)} usable row(s) after deduplication; "
+            "need at least 2 to hold some out (or give --eval)"
+        )
+    n_eval = min(max(1, math.ceil(len(train.texts) * data.eval_fraction)), len(train.texts) - 1)
+    if data.group_column is not None:
+        groups = _groups(train, data)
+        train_rows, eval_rows = _pick_groups(groups, n_eval, seed, data.group_column, train.source)
+        stats["split"] = "grouped"
+    else:
+        train_rows, eval_rows, stratified = _pick(train, len(train.texts) - n_eval, task, seed)
+        stats["split"] = "stratified" if stratified else "random"
+    return train.take(train_rows), train.take(eval_rows)
+
+
+def _encode_labels(train: _Part, held: _Part, order: list[str] | None, stats: dict) -> tuple[list, list]:
+    """Labels as indices into `order` (floats as they are for regression); their counts or summary into `stats`."""
     sides = (("train", train), ("eval", held))
     if order is None:
         stats["label_summary"] = {
             side: {"min": min(p.labels), "mean": float(np.mean(p.labels)), "max": max(p.labels)}
             for side, p in sides
         }
-        train_labels, eval_labels = train.labels, held.labels
-    else:
-        stats["label_counts"] = {side: {name: p.labels.count(name) for name in order} for side, p in sides}
-        index = {name: i for i, name in enumerate(order)}
-        train_labels, eval_labels = [index[n] for n in train.labels], [index[n] for n in held.labels]
-    return Splits(train.texts, train_labels, held.texts, eval_labels, order, train.frame, held.frame, stats)
+        return train.labels, held.labels
+    stats["label_counts"] = {side: {name: p.labels.count(name) for name in order} for side, p in sides}
+    index = {name: i for i, name in enumerate(order)}
+    return [index[n] for n in train.labels], [index[n] for n in held.labels]
 
 
 def _read_part(path: str, data: DataConfig, task: str, side: str, stats: dict) -> tuple[_Part, dict]:

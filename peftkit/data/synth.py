@@ -176,16 +176,50 @@ def synthesize(task: str, rows: int, seed: int) -> pd.DataFrame:
     Raises:
         PeftkitError: an unknown task, rows not a whole number >= 1, or seed not a whole number >= 0.
     """
+    _check_request(task, rows, seed)
+    # The helpers draw from one generator in a fixed order; reordering the calls would change every frame.
+    n, rng = int(rows), np.random.default_rng(seed)
+    latent = rng.standard_normal((n, 4)) @ np.linalg.cholesky(CORR).T
+    behaviour = _behaviour(rng, latent)
+    who, u = _who(rng, latent)
+    top3, kinds, shares = _categories(rng, latent[:, 1], u[:, 4])
+    texts = _texts(rng, latent, who["lang"], top3, kinds, shares)
+    frame = pd.DataFrame(
+        {
+            "user_id": [f"synth-{r:06d}" for r in range(n)],
+            "synthetic": np.ones(n, dtype=bool),
+            **who,
+            **behaviour,
+            **texts,
+            "text": [
+                f"{q} | {c} | {v}" for q, c, v in zip(texts["last_query"], texts["chat"], texts["review"])
+            ],
+        }
+    )
+    index, power, convert_prob = _labels(rng, latent, u[:, 5])
+    spec = SYNTH_TASKS[task]
+    if task == "purchasing_power_score":
+        frame[spec.label_column] = np.round(power, 4)
+    else:
+        frame[spec.label_column] = np.asarray(spec.labels, dtype=object)[index[task]]
+    if task == "conversion":
+        frame.insert(len(frame.columns) - 1, "true_conversion_prob", np.round(convert_prob, 4))
+    return frame
+
+
+def _check_request(task: str, rows: int, seed: int) -> None:
+    """Fail on an unknown task, or rows/seed that are not whole numbers in range (bools are refused)."""
     if task not in SYNTH_TASKS:
         raise PeftkitError(f"unknown synthetic task {task!r}; known tasks: {', '.join(SYNTH_TASKS)}")
     for name, value, low in (("rows", rows, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise PeftkitError(f"synthesize: {name} must be a whole number >= {low}, got {value!r}")
-    n, rng = int(rows), np.random.default_rng(seed)
-    latent = rng.standard_normal((n, 4)) @ np.linalg.cholesky(CORR).T
-    e, a, s, i = latent.T
 
-    # Behaviour fields.
+
+def _behaviour(rng: np.random.Generator, latent: np.ndarray) -> dict[str, np.ndarray]:
+    """The behaviour fields (tenure, recency, orders, spend, sessions, cart adds), by column name."""
+    e, a, s, i = latent.T
+    n = len(latent)
     eps = rng.standard_normal((n, 8))
     tenure = np.clip(np.round(np.exp(5.6 + 0.5 * e + 0.8 * eps[:, 0])), 1, 3650)
     freq = rng.poisson(np.exp(0.1 + 0.7 * e + 0.15 * s + 0.15 * i + 0.4 * eps[:, 1]))
@@ -195,9 +229,20 @@ def synthesize(task: str, rows: int, seed: int) -> pd.DataFrame:
     recent = np.minimum(np.exp(2.6 - 0.4 * e - 0.2 * i + 0.6 * eps[:, 6]), 89)  # an order in the last 90 days
     lapsed = 90 + np.exp(4.0 - 0.4 * e + 0.8 * eps[:, 7])  # none: since the last order, or since sign-up
     recency = np.minimum(np.floor(np.where(freq > 0, recent, lapsed)), tenure)
+    return {
+        "tenure_days": tenure.astype(np.int64),
+        "recency_days": recency.astype(np.int64),
+        "frequency_90d": freq.astype(np.int64),
+        "monetary_90d": spend,
+        "sessions_30d": sessions.astype(np.int64),
+        "cart_adds_30d": carts.astype(np.int64),
+    }
 
-    # Who, where, what.
-    u = rng.random((n, 6))
+
+def _who(rng: np.random.Generator, latent: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Platform, device and language per user, and the six uniforms per user drawn for them (and for later)."""
+    e, a = latent[:, 0], latent[:, 1]
+    u = rng.random((len(latent), 6))
     lang = np.where(u[:, 0] < 0.5, "zh", "en")
     app, web = (
         u[:, 1] < 0.45 + 0.1 * np.tanh(e),
@@ -206,12 +251,32 @@ def synthesize(task: str, rows: int, seed: int) -> pd.DataFrame:
     platform = np.select([app, web], ["app", "web"], "mini_program")
     ios = np.where(u[:, 2] < _sigmoid(0.8 * a - 0.2), "ios", "android")
     device = np.where((platform == "web") & (u[:, 3] < 0.8), "desktop", ios)
-    gumbel = -np.log(-np.log(rng.random((n, len(TILT)))))
-    top3 = np.argsort(-(np.array(list(TILT.values())) * a[:, None] + gumbel), axis=1)[:, :3]
-    kinds = 1 + (u[:, 4] > 0.3) + (u[:, 4] > 0.7)  # categories bought: 1, 2 or 3
-    shares = np.sort(rng.dirichlet(np.ones(3), n), axis=1)[:, ::-1]
+    return {"platform": platform, "device": device, "lang": lang}, u
 
-    # Texts: each slot's level is its latent plus noise, cut at CUTS.
+
+def _categories(
+    rng: np.random.Generator, affluence: np.ndarray, u: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's top 3 categories (tilted by affluence), how many they buy (1-3, from uniforms `u`), and shares."""
+    n = len(affluence)
+    gumbel = -np.log(-np.log(rng.random((n, len(TILT)))))
+    top3 = np.argsort(-(np.array(list(TILT.values())) * affluence[:, None] + gumbel), axis=1)[:, :3]
+    kinds = 1 + (u > 0.3) + (u > 0.7)  # categories bought: 1, 2 or 3
+    shares = np.sort(rng.dirichlet(np.ones(3), n), axis=1)[:, ::-1]
+    return top3, kinds, shares
+
+
+def _texts(
+    rng: np.random.Generator,
+    latent: np.ndarray,
+    lang: np.ndarray,
+    top3: np.ndarray,
+    kinds: np.ndarray,
+    shares: np.ndarray,
+) -> dict[str, list[str]]:
+    """The category mix and the three texts (query, chat, review) per user, by column name."""
+    n = len(latent)
+    # Each slot's level is its latent plus noise, cut at CUTS.
     shown = np.column_stack([latent[:, "easi".index(letter)] for letter, _ in SLOTS.values()])
     levels = np.digitize(
         shown + rng.standard_normal((n, len(SLOTS))) * [sd for _, sd in SLOTS.values()], CUTS
@@ -225,30 +290,15 @@ def synthesize(task: str, rows: int, seed: int) -> pd.DataFrame:
         cats = [top3[r, 0] if x < 0.7 or kinds[r] == 1 else top3[r, 1] for x in w[r, 11:]]
         texts.append(_text(lang[r], levels[r], w[r, :11], cats))
     query, chat, review = (list(t) for t in zip(*texts))
+    return {"category_mix": mix, "last_query": query, "chat": chat, "review": review}
 
-    frame = pd.DataFrame(
-        {
-            "user_id": [f"synth-{r:06d}" for r in range(n)],
-            "synthetic": np.ones(n, dtype=bool),
-            "platform": platform,
-            "device": device,
-            "lang": lang,
-            "tenure_days": tenure.astype(np.int64),
-            "recency_days": recency.astype(np.int64),
-            "frequency_90d": freq.astype(np.int64),
-            "monetary_90d": spend,
-            "sessions_30d": sessions.astype(np.int64),
-            "cart_adds_30d": carts.astype(np.int64),
-            "category_mix": mix,
-            "last_query": query,
-            "chat": chat,
-            "review": review,
-            "text": [f"{q} | {c} | {v}" for q, c, v in zip(query, chat, review)],
-        }
-    )
 
-    # Labels.
-    z = rng.standard_normal((n, 5))
+def _labels(
+    rng: np.random.Generator, latent: np.ndarray, u: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Label indices per task, the purchasing power score and the conversion probability (drawn against `u`)."""
+    e, a, s, i = latent.T
+    z = rng.standard_normal((len(latent), 5))
     power = _sigmoid(1.6 * (0.85 * a + 0.25 * e + 0.35 * z[:, 1]))
     convert_prob = _sigmoid(-1.3 + 2.6 * i + 1.2 * e)
     value = 0.65 * e + 0.4 * a + 0.6 * s + 0.4 * z[:, 2]
@@ -258,13 +308,6 @@ def synthesize(task: str, rows: int, seed: int) -> pd.DataFrame:
         "purchasing_power": np.digitize(power, [0.35, 0.65]),
         "value_segment": np.select([value > 0.9, value > 0, warm], [3, 2, 1], 0),
         "churn": (-0.9 * s - 0.9 * e + 0.5 * z[:, 4] > 0.55).astype(int),
-        "conversion": (u[:, 5] < convert_prob).astype(int),
+        "conversion": (u < convert_prob).astype(int),
     }
-    spec = SYNTH_TASKS[task]
-    if task == "purchasing_power_score":
-        frame[spec.label_column] = np.round(power, 4)
-    else:
-        frame[spec.label_column] = np.asarray(spec.labels, dtype=object)[index[task]]
-    if task == "conversion":
-        frame.insert(len(frame.columns) - 1, "true_conversion_prob", np.round(convert_prob, 4))
-    return frame
+    return index, power, convert_prob

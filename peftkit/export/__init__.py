@@ -116,6 +116,8 @@ def _record(manifest: Manifest, folder: Path, to: str, merge: bool) -> ExportRec
             base=BaseIdentity(name=manifest.base.name, sha256=manifest.base.sha256),
             quant=manifest.quant,
         ),
-        peftkit_version=versions.get("peftkit", "unknown"),  # "unknown": run from a checkout not pip-installed
+        peftkit_version=versions.get(
+            "peftkit", "unknown"
+        ),  # "unknown": run from a checkout not pip-installed
         versions=versions,
     )

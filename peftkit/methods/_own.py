@@ -58,7 +58,7 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
     folder = Path(folder)
     if not (folder / WEIGHTS).is_file():
-        if (folder / "adapter_model.bin").is_file():
+        if (folder / PICKLE_WEIGHTS).is_file():
             raise PeftkitError(
                 f"{folder} holds {PICKLE_WEIGHTS}, a pickle: peftkit loads adapters from {WEIGHTS} only "
                 "(unpickling can run arbitrary code)"

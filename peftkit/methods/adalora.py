@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from peftkit.artifacts.names import ADAPTER_CONFIG
 from peftkit.methods._peft import PEFT_BANK_CALLS, apply_peft, attach_peft, save_peft
 from peftkit.methods.base import MethodContext, MethodOptions, MethodSpec, Preflight
 
@@ -126,7 +127,9 @@ def preflight(model, opts: AdaLoraOptions, runs: list[tuple[str, MethodContext]]
             )
         if allocations < MIN_ALLOCATIONS:
             warnings.append(f"{label} allocates ranks only {allocations} time(s) (< {MIN_ALLOCATIONS})")
-    fixes = ["train longer (--epochs, --max-steps) or use --method lora for runs this short"] if warnings else []
+    fixes = (
+        ["train longer (--epochs, --max-steps) or use --method lora for runs this short"] if warnings else []
+    )
     allocator = getattr(getattr(model, "base_model", None), "rankallocator", None)
     if allocator is not None:
         start, final, modules = allocator.init_bgt, allocator.target_bgt, len(allocator.name_set)
@@ -186,7 +189,7 @@ def orthogonality_penalty(model):
 
 def describe(folder: Path) -> dict:
     """Final ranks per adapted module, from the saved rank pattern (a boolean mask over ``init_r`` per module)."""
-    cfg = json.loads((Path(folder) / "adapter_config.json").read_text())
+    cfg = json.loads((Path(folder) / ADAPTER_CONFIG).read_text())
     pattern = cfg.get("rank_pattern") or {}
     ranks = {name: int(sum(mask)) for name, mask in pattern.items()}
     return {

@@ -4,8 +4,13 @@ checkpoints. Everything else (accumulation, mixed precision, checkpoint rotation
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
+import torch
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+from peftkit.artifacts.names import WEIGHTS
 from peftkit.config import RunConfig
 from peftkit.errors import NonFiniteLossError, PeftkitError
 from peftkit.training.plan import Plan
@@ -19,8 +24,6 @@ def training_arguments(
     ``autocast``: bf16 autocast around float32 weights (a method that trains the whole base in float32). A base stored
     in bf16 needs none: it computes in bf16, adapters and head in their own float32, as at inference.
     """
-    from transformers import TrainingArguments
-
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=cfg.train.batch_size,
@@ -89,78 +92,96 @@ def count_tokens(counts: dict[str, int], batch) -> None:
 
 def make_trainer(model, args, dataset, tokenizer, task, spec, callbacks, head_params=(), head_lr=None):
     """peftkit's Trainer for `model`; `head_params` train at `head_lr` (default: the adapter's rate)."""
-    import torch
-    from transformers import DataCollatorWithPadding, Trainer
-
-    pad = DataCollatorWithPadding(tokenizer)
-    counts = {"real_tokens": 0, "padded_tokens": 0}
-
-    def collate(features):  # the `length` column is for the length-grouped sampler, not the model
-        return pad([{k: v for k, v in f.items() if k != "length"} for f in features])
-
-    class PeftkitTrainer(Trainer):
-        def create_optimizer(self, model=None):
-            # Trainer's optimizer (its class, decay groups, fused kernels), with the head's parameters moved to
-            # groups of their own at head_lr; the scheduler created next scales every group alike.
-            fresh = self.optimizer is None
-            optimizer = super().create_optimizer(model)
-            if fresh and head_lr is not None and head_lr != args.learning_rate:
-                head = {id(p) for p in head_params}
-                for group in list(optimizer.param_groups):
-                    moved = [p for p in group["params"] if id(p) in head]
-                    if moved:
-                        group["params"] = [p for p in group["params"] if id(p) not in head]
-                        optimizer.add_param_group(
-                            {
-                                **{k: v for k, v in group.items() if k != "params"},
-                                "params": moved,
-                                "lr": head_lr,
-                            }
-                        )
-                optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
-            return optimizer
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if model.training:
-                count_tokens(counts, inputs)
-            labels = inputs.pop("labels")
-            outputs = model(**inputs)
-            loss = task.loss(outputs.logits, labels)
-            if spec.extra_loss is not None and model.training:
-                loss = loss + spec.extra_loss(self.accelerator.unwrap_model(model))
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"non-finite training loss ({loss.item()}) at step {self.state.global_step + 1}"
-                )
-            return (loss, outputs) if return_outputs else loss
-
-        def _save(self, output_dir=None, state_dict=None):
-            # Checkpoints hold the adapter and head only (a few MB), never the frozen base.
-            spec.save(self.accelerator.unwrap_model(self.model), Path(output_dir or self.args.output_dir))
-
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            from peft import PeftModel
-
-            target = self.accelerator.unwrap_model(model or self.model)
-            if isinstance(target, PeftModel):
-                return super()._load_from_checkpoint(resume_from_checkpoint, model)
-            if (
-                spec.warm_start is not None
-            ):  # peftkit's own methods restore adapter and head with their checks
-                return spec.warm_start(target, Path(resume_from_checkpoint))
-            from safetensors.torch import load_file
-
-            inner = getattr(target, "model", target)
-            result = inner.load_state_dict(
-                load_file(str(Path(resume_from_checkpoint) / "adapter_model.safetensors")), strict=False
-            )
-            if result.unexpected_keys:
-                raise PeftkitError(
-                    f"checkpoint {resume_from_checkpoint} does not match this model; drop --resume"
-                )
-
-    trainer = PeftkitTrainer(
-        model=model, args=args, train_dataset=dataset, data_collator=collate, callbacks=callbacks
+    return PeftkitTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=functools.partial(_pad_without_length, DataCollatorWithPadding(tokenizer)),
+        callbacks=callbacks,
+        task=task,
+        spec=spec,
+        head_params=head_params,
+        head_lr=head_lr,
     )
-    trainer.token_counts = counts
-    return trainer
+
+
+def _pad_without_length(pad, features: list[dict]) -> dict:
+    """A padded batch; the `length` column is for the length-grouped sampler, not the model."""
+    return pad([{k: v for k, v in f.items() if k != "length"} for f in features])
+
+
+class PeftkitTrainer(Trainer):
+    """Trainer with the task's loss (plus the method's extra loss), a NaN guard, the head at its own learning rate
+    and checkpoints that hold the adapter and head only.
+
+    ``token_counts``: real and padded tokens of the batches this process trained on (`count_tokens`).
+    """
+
+    def __init__(self, *, task, spec, head_params=(), head_lr: float | None = None, **trainer_kwargs):
+        super().__init__(**trainer_kwargs)
+        self.task_spec, self.method_spec = task, spec
+        self.head_params, self.head_lr = list(head_params), head_lr
+        self.token_counts = {"real_tokens": 0, "padded_tokens": 0}
+
+    def create_optimizer(self, model=None):
+        # Trainer's optimizer (its class, decay groups, fused kernels), with the head's parameters moved to groups of
+        # their own at head_lr; the scheduler created next scales every group alike.
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if fresh and self.head_lr is not None and self.head_lr != self.args.learning_rate:
+            _move_to_own_groups(optimizer, {id(p) for p in self.head_params}, self.head_lr)
+        return optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            count_tokens(self.token_counts, inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = self.task_spec.loss(outputs.logits, labels)
+        if self.method_spec.extra_loss is not None and model.training:
+            loss = loss + self.method_spec.extra_loss(self.accelerator.unwrap_model(model))
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.item()}) at step {self.state.global_step + 1}"
+            )
+        return (loss, outputs) if return_outputs else loss
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Write the adapter and head only (a few MB), never the frozen base: Trainer's checkpoints call this.
+
+        In place of Trainer's save, whose other branches (XLA, SageMaker, FSDP, DeepSpeed, Hub push) peftkit never
+        takes."""
+        model = self.accelerator.unwrap_model(self.model)
+        self.method_spec.save(model, Path(output_dir or self.args.output_dir))
+
+    # Private override: transformers 5.23 has no public hook to load a checkpoint's weights on resume.
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from peft import PeftModel
+
+        target = self.accelerator.unwrap_model(model or self.model)
+        if isinstance(target, PeftModel):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if (
+            self.method_spec.warm_start is not None
+        ):  # peftkit's own methods: adapter and head, with their checks
+            return self.method_spec.warm_start(target, Path(resume_from_checkpoint))
+        from safetensors.torch import load_file
+
+        inner = getattr(target, "model", target)
+        result = inner.load_state_dict(load_file(str(Path(resume_from_checkpoint) / WEIGHTS)), strict=False)
+        if result.unexpected_keys:
+            raise PeftkitError(
+                f"checkpoint {resume_from_checkpoint} does not match this model; drop --resume"
+            )
+
+
+def _move_to_own_groups(optimizer, moved_ids: set[int], lr: float) -> None:
+    """Move the parameters in `moved_ids` out of `optimizer`'s groups into copies of those groups at `lr`."""
+    for group in list(optimizer.param_groups):
+        moved = [p for p in group["params"] if id(p) in moved_ids]
+        if moved:
+            group["params"] = [p for p in group["params"] if id(p) not in moved_ids]
+            optimizer.add_param_group(
+                {**{k: v for k, v in group.items() if k != "params"}, "params": moved, "lr": lr}
+            )
+    optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]

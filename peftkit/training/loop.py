@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peftkit import heads as head_inits
 from peftkit import models
-from peftkit import pooling as poolings
 from peftkit.artifacts.adapter_folder import check_output, write_adapter_folder
 from peftkit.artifacts.manifest import FORMAT_VERSION, Manifest, package_versions
 from peftkit.config import RunConfig
@@ -25,12 +23,12 @@ from peftkit.data import Splits, load_splits
 from peftkit.errors import NonFiniteLossError, PeftkitError
 from peftkit.inference.predictor import Predictor
 from peftkit.lock import drift as lock_drift
-from peftkit.methods import METHODS, MethodContext
-from peftkit.runtime import world_size
+from peftkit.methods import METHODS
 from peftkit.selection import KeepBest, held_out_evaluator
 from peftkit.tasks import TASKS
-from peftkit.training.hf_trainer import encode, make_trainer, training_arguments
-from peftkit.training.plan import Plan, checkpoint_dir, last_checkpoint, make_plan
+from peftkit.training.hf_trainer import PeftkitTrainer, encode, make_trainer, training_arguments
+from peftkit.training.model_setup import ModelSetup, head_parameters, needs_autocast, setup_model
+from peftkit.training.plan import checkpoint_dir, last_checkpoint
 
 log = logging.getLogger("peftkit")
 
@@ -73,15 +71,40 @@ def train(
         raise PeftkitError(
             "this config trains an adapter bank (segments:); use peftkit.training.segments.train_bank"
         )
+    out, ckpt, resume_from = _output_folders(cfg, overwrite, resume)
+    splits = splits or load_splits(cfg.data, cfg.task, cfg.train.seed)
+    _log_data(cfg, splits)
+    setup = setup_model(cfg, splits, init_from)
+    predictor = Predictor(
+        setup.model,
+        setup.tokenizer,
+        task=cfg.task,
+        labels=splits.labels,
+        max_length=cfg.data.max_length,
+        adapter=out.name,
+        batch_size=cfg.train.eval_batch_size,
+    )
+    keep_best = _keep_best(cfg, setup, predictor, splits)
+    fit = _fit(cfg, setup, splits, ckpt, resume_from, progress, keep_best, list(callbacks or []))
+    metrics = _evaluate(cfg, predictor, splits)
+    speed = _speed_summary(fit, setup, keep_best)
+    predictor.manifest = manifest = _manifest(cfg, setup, splits, metrics, speed, manifest_extra or {})
+    _save(fit, cfg, setup, out, manifest, ckpt)
+    return TrainResult(out, manifest, predictor)
+
+
+def _output_folders(cfg: RunConfig, overwrite: bool, resume: bool) -> tuple[Path, Path, Path | None]:
+    """The adapter folder (checked free to write), its checkpoint folder and the checkpoint to resume from."""
     out = Path(cfg.output or cfg.default_output())
     check_output(out, cfg.model_dump(mode="json"), overwrite=overwrite)
     ckpt = checkpoint_dir(out)
-    last_ckpt = last_checkpoint(ckpt) if resume else None
-    if resume and last_ckpt is None:
+    resume_from = last_checkpoint(ckpt) if resume else None
+    if resume and resume_from is None:
         raise PeftkitError(f"--resume: no checkpoint in {ckpt} to continue from; run without --resume")
+    return out, ckpt, resume_from
 
-    spec, task = METHODS[cfg.method.name], TASKS[cfg.task]
-    splits = splits or load_splits(cfg.data, cfg.task, cfg.train.seed)
+
+def _log_data(cfg: RunConfig, splits: Splits) -> None:
     labels_note = f", labels {', '.join(splits.labels)}" if splits.labels else ""
     log.info(
         "data: %d train / %d eval rows from %s%s",
@@ -90,45 +113,60 @@ def train(
         cfg.data.train,
         labels_note,
     )
-    run = _setup_model(cfg, splits, init_from)
 
-    predictor = Predictor(
-        run.model,
-        run.tokenizer,
-        task=cfg.task,
-        labels=splits.labels,
-        max_length=cfg.data.max_length,
-        adapter=out.name,
-        batch_size=cfg.train.eval_batch_size,
+
+def _keep_best(cfg: RunConfig, setup: ModelSetup, predictor: Predictor, splits: Splits) -> KeepBest | None:
+    """The callback that keeps the best weights on the held-out rows (train.select_best); None without them."""
+    if not (cfg.train.select_best and splits.eval_texts):
+        return None
+    return KeepBest(
+        setup.model,
+        held_out_evaluator(predictor, TASKS[cfg.task], splits.eval_texts, splits.eval_labels),
+        cfg.task,
+        settled_step=METHODS[cfg.method.name].settled_step(cfg.method, setup.ctx),
     )
-    keep_best = (
-        KeepBest(
-            run.model,
-            held_out_evaluator(predictor, task, splits.eval_texts, splits.eval_labels),
-            cfg.task,
-            settled_step=spec.settled_step(cfg.method, run.ctx),
-        )
-        if cfg.train.select_best and splits.eval_texts
-        else None
-    )
+
+
+@dataclass
+class _Fit:
+    """What Trainer's run left: the trainer (its state and token counts), its train metrics and the wall time."""
+
+    trainer: PeftkitTrainer
+    metrics: dict[str, float]
+    seconds: float
+
+
+def _fit(
+    cfg: RunConfig,
+    setup: ModelSetup,
+    splits: Splits,
+    ckpt: Path,
+    resume_from: Path | None,
+    progress: bool,
+    keep_best: KeepBest | None,
+    callbacks: list,
+) -> _Fit:
+    """Train `setup.model` with Trainer, checkpointing into `ckpt`; a non-finite loss stops the run, its last good
+    weights saved."""
+    spec = METHODS[cfg.method.name]
     ckpt.mkdir(parents=True, exist_ok=True)
     trainer = make_trainer(
-        run.model,
-        training_arguments(cfg, run.plan, ckpt, run.device, progress, autocast=_needs_autocast(run)),
-        encode(run.tokenizer, splits.train_texts, splits.train_labels, cfg),
-        run.tokenizer,
-        task,
+        setup.model,
+        training_arguments(cfg, setup.plan, ckpt, setup.device, progress, autocast=needs_autocast(setup)),
+        encode(setup.tokenizer, splits.train_texts, splits.train_labels, cfg),
+        setup.tokenizer,
+        TASKS[cfg.task],
         spec,
         # KeepBest first: the best weights are back before a method's own end-of-training step (AdaLoRA's cut).
         [keep_best] * (keep_best is not None)
-        + spec.callbacks(run.model, cfg.method, run.ctx)
-        + list(callbacks or []),
-        head_params=head_parameters(run.model, run.heads),
-        head_lr=run.plan.head_lr,
+        + spec.callbacks(setup.model, cfg.method, setup.ctx)
+        + callbacks,
+        head_params=head_parameters(setup.model, setup.heads),
+        head_lr=setup.plan.head_lr,
     )
     started = time.perf_counter()
     try:
-        train_out = trainer.train(resume_from_checkpoint=str(last_ckpt) if last_ckpt else None)
+        out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except NonFiniteLossError as exc:
         keep = ckpt / "last-good"
         # The failing step raised before backward, so the weights being saved are still finite.
@@ -136,130 +174,57 @@ def train(
         raise NonFiniteLossError(
             f"{exc}; the last good weights are in {keep}; lower --lr or check the labels"
         ) from None
-    seconds = time.perf_counter() - started
+    return _Fit(trainer, out.metrics, time.perf_counter() - started)
 
-    log.info("evaluating on %d held-out rows", len(splits.eval_texts))
+
+def _evaluate(cfg: RunConfig, predictor: Predictor, splits: Splits) -> dict[str, float]:
+    """The task's metrics on the held-out rows; empty when there are none (a small segment can have none)."""
     import numpy as np
 
-    metrics = (
-        task.metrics(np.asarray(splits.eval_labels), task.decode(predictor.logits(splits.eval_texts)))
-        if splits.eval_texts
-        else {}  # a small segment can have no held-out rows
-    )
-    history = trainer.state.log_history
-    speed = {
-        "steps": trainer.state.global_step,
+    log.info("evaluating on %d held-out rows", len(splits.eval_texts))
+    if not splits.eval_texts:
+        return {}
+    task = TASKS[cfg.task]
+    return task.metrics(np.asarray(splits.eval_labels), task.decode(predictor.logits(splits.eval_texts)))
+
+
+def _speed_summary(fit: _Fit, setup: ModelSetup, keep_best: KeepBest | None) -> dict[str, Any]:
+    """The manifest's ``train`` section: steps, time, throughput, final loss, the plan and the selection."""
+    counts, seconds = fit.trainer.token_counts, fit.seconds
+    return {
+        "steps": fit.trainer.state.global_step,
         "seconds": seconds,
-        "device": run.device,
-        "world_size": run.world_size,
-        "samples_per_second": train_out.metrics.get("train_samples_per_second", 0.0),
+        "device": setup.device,
+        "world_size": setup.world_size,
+        "samples_per_second": fit.metrics.get("train_samples_per_second", 0.0),
         # Counted over the batches this process trained on (this session's, after a resume).
-        **trainer.token_counts,
-        "real_tokens_per_second": trainer.token_counts["real_tokens"] / seconds,
-        "padded_tokens_per_second": trainer.token_counts["padded_tokens"] / seconds,
-        "final_loss": _last_loss(history),
-        "plan": run.plan.to_json(),
+        **counts,
+        "real_tokens_per_second": counts["real_tokens"] / seconds,
+        "padded_tokens_per_second": counts["padded_tokens"] / seconds,
+        "final_loss": _last_loss(fit.trainer.state.log_history),
+        "plan": setup.plan.to_json(),
         "selection": keep_best.summary() if keep_best is not None else None,
     }
-    predictor.manifest = manifest = _manifest(cfg, run, splits, metrics, speed, manifest_extra or {})
-    if trainer.is_world_process_zero():
-        write_adapter_folder(lambda tmp: spec.save(run.model, tmp), out, manifest, history)
+
+
+def _save(fit: _Fit, cfg: RunConfig, setup: ModelSetup, out: Path, manifest: Manifest, ckpt: Path) -> None:
+    """Rank 0 writes the adapter folder atomically, then removes the run's checkpoints."""
+    if fit.trainer.is_world_process_zero():
+        save = METHODS[cfg.method.name].save
+        write_adapter_folder(lambda tmp: save(setup.model, tmp), out, manifest, fit.trainer.state.log_history)
         _remove_tree(ckpt)
-    return TrainResult(out, manifest, predictor)
-
-
-@dataclass
-class _Run:
-    """What setting up the model produced: the base's identity and the model ready to train."""
-
-    base: models.BaseRef
-    tokenizer: Any
-    model: Any
-    heads: tuple[str, ...]
-    ctx: MethodContext
-    world_size: int
-    device: str
-    total_params: int
-    trainable_params: int
-    pooling: str
-    dtype: str  # resolved from model.dtype: what the frozen base is stored and computes in
-    plan: Plan  # epochs, steps and learning rates (peftkit.training.plan)
-    head_init: str  # resolved from model.head_init (peftkit.heads)
-
-
-def _setup_model(cfg: RunConfig, splits, init_from: Path | None = None) -> _Run:
-    """Resolve and load the base with a fresh head, then apply the method (only adapter + head trainable), starting
-    from the adapter in `init_from` when given."""
-    from transformers import set_seed
-
-    from peftkit import dropout
-
-    spec, task = METHODS[cfg.method.name], TASKS[cfg.task]
-    base = models.resolve(cfg.model.name)
-    tokenizer = models.load_tokenizer(base)
-    device = models.default_device()
-    dtype, why = models.resolve_dtype(cfg.model.dtype, device, cfg.model.quant, cfg.method.name)
-    log.info("base: %s (%s; %s)", cfg.model.name, "8-bit" if cfg.model.quant == "8bit" else dtype, why)
-    set_seed(cfg.train.seed)  # the fresh head's initial weights depend on it
-    pooling = poolings.resolve(base.folder, base.config, cfg.model.pooling)
-    log.info("pooling: %s%s", pooling, " (model.pooling=auto)" if cfg.model.pooling == "auto" else "")
-    model, heads = models.load_base(
-        base,
-        task.num_outputs(splits.labels),
-        quant=cfg.model.quant,
-        dtype=dtype,
-        device=device,
-        pad_token_id=tokenizer.pad_token_id,
-        pooling=pooling,
-    )
-    head_init = head_inits.resolve(cfg.model.head_init, model, decoder=pooling == "last", task=cfg.task)
-    head_inits.initialise(
-        model,
-        heads,
-        head_init,
-        labels=splits.labels,
-        train_labels=splits.train_labels,
-        tokenizer=tokenizer,
-        task=cfg.task,
-    )
-    total = sum(p.numel() for p in model.parameters())
-    if cfg.train.gradient_checkpointing:
-        # Non-reentrant checkpointing needs no input-embedding grads, so it also works on a frozen 8-bit base.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    world = world_size()
-    plan = make_plan(len(splits.train_texts), cfg, world, head_init)
-    ctx = MethodContext(model.config.model_type, heads, plan.steps, cfg.model.quant == "8bit")
-    model = spec.apply(model, cfg.method, ctx)
-    dropout.install(model)  # same masks' distribution, under half the CPU time (peftkit.dropout)
-    if head_init == "cumulative":
-        head_inits.tie_rows(model, heads, task.num_outputs(splits.labels))
-    if init_from is not None:
-        log.info("warm start from %s", init_from)
-        spec.warm_start(model, Path(init_from))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info(
-        "method: %s, %s trainable params (%.3f%% of %s)",
-        spec.name,
-        f"{trainable:,}",
-        100 * trainable / total,
-        f"{total:,}",
-    )
-    log.info("plan: %s", plan.describe())
-    return _Run(
-        base, tokenizer, model, heads, ctx, world, device, total, trainable, pooling, dtype, plan, head_init
-    )
 
 
 def _manifest(
-    cfg: RunConfig, run: _Run, splits, metrics: dict, speed: dict, extra: dict[str, Any]
+    cfg: RunConfig, setup: ModelSetup, splits, metrics: dict, speed: dict, extra: dict[str, Any]
 ) -> Manifest:
     spec, task = METHODS[cfg.method.name], TASKS[cfg.task]
     fields = {
         "format_version": FORMAT_VERSION,
         "method": spec.name,
-        "pooling": run.pooling,  # resolved from model.pooling; reloads pool the same way
-        "head_init": run.head_init,  # resolved from model.head_init; only training reads it
-        "dtype": run.dtype,  # resolved from model.dtype; reloads compute in it whatever the machine's auto would pick
+        "pooling": setup.pooling,  # resolved from model.pooling; reloads pool the same way
+        "head_init": setup.head_init,  # resolved from model.head_init; only training reads it
+        "dtype": setup.dtype,  # resolved from model.dtype; reloads compute in it whatever the machine's auto would pick
         "peft_native": spec.peft_native,
         "task": cfg.task,
         "labels": splits.labels,
@@ -267,16 +232,16 @@ def _manifest(
         "base": {
             # An alias resolves anywhere the package is installed; a path is stored absolute so that
             # peftkit.load finds the base from any working directory.
-            "name": cfg.model.name if cfg.model.name in models.ALIASES else str(run.base.source),
-            "sha256": run.base.sha256,
-            "model_type": run.ctx.model_type,
-            "architecture": (run.base.config.get("architectures") or ["?"])[0],
+            "name": cfg.model.name if cfg.model.name in models.ALIASES else str(setup.base.source),
+            "sha256": setup.base.sha256,
+            "model_type": setup.ctx.model_type,
+            "architecture": (setup.base.config.get("architectures") or ["?"])[0],
         },
         "quant": cfg.model.quant,
-        "head_names": list(run.heads),
-        "trainable_params": run.trainable_params,
-        "total_params": run.total_params,
-        "trainable_percent": 100.0 * run.trainable_params / run.total_params,
+        "head_names": list(setup.heads),
+        "trainable_params": setup.trainable_params,
+        "total_params": setup.total_params,
+        "trainable_percent": 100.0 * setup.trainable_params / setup.total_params,
         "metrics": metrics,
         "data": {
             "train_source": cfg.data.train,
@@ -292,23 +257,6 @@ def _manifest(
         "versions_vs_lock": lock_drift().to_json(),  # which installed versions differ from the tested lock
     }
     return Manifest.model_validate(fields | extra)
-
-
-def _needs_autocast(run: _Run) -> bool:
-    """bf16 autocast only when the run asked for bf16 but its weights are all float32 (full fine-tuning keeps float32
-    master weights); a bf16-stored base already computes in bf16."""
-    import torch
-
-    return run.dtype == "bfloat16" and all(p.dtype != torch.bfloat16 for p in run.model.parameters())
-
-
-def head_parameters(model, head_names) -> list:
-    """The trainable parameters of the task head (trained at ``train.head_lr``)."""
-    return [
-        p
-        for name, p in model.named_parameters()
-        if p.requires_grad and any(part in head_names for part in name.split("."))
-    ]
 
 
 def _last_loss(history: list[dict]) -> float | None:

@@ -22,6 +22,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from peftkit.artifacts.names import CHECKPOINTS
 from peftkit.config import RunConfig
 from peftkit.methods import METHODS
 
@@ -95,7 +96,7 @@ def make_plan(n_rows: int, cfg: RunConfig, world: int = 1, head_init: str = "ran
 
 def checkpoint_dir(out: Path) -> Path:
     """Where Trainer keeps a run's checkpoints: beside its adapter folder, removed once the adapter is written."""
-    return out.parent / f".{out.name}.checkpoints"
+    return out.parent / f".{out.name}.{CHECKPOINTS}"
 
 
 def last_checkpoint(ckpt: Path) -> Path | None:
