@@ -63,3 +63,11 @@ def test_regression_metrics():
     assert m["mae"] == pytest.approx((0.1 + 0.0 + 0.3) / 3, abs=1e-6)
     assert m["rmse"] == pytest.approx(math.sqrt((0.01 + 0 + 0.09) / 3), abs=1e-6)
     assert m["spearman"] == pytest.approx(1.0)
+
+
+def test_every_task_the_config_accepts_has_a_head_and_no_other():
+    from typing import get_args
+
+    from peftkit.config import Task
+
+    assert set(get_args(Task)) == set(TASKS)

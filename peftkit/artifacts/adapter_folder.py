@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from peftkit.artifacts.cards import model_card, write_loss_curve
-from peftkit.artifacts.io import atomic_folder
+from peftkit.artifacts.io import atomic_folder, read_json
 from peftkit.artifacts.manifest import Manifest
 from peftkit.artifacts.names import CARD, LOSS_PLOT, MANIFEST, WEIGHTS
 from peftkit.errors import PeftkitError
@@ -28,7 +27,7 @@ def check_output(out: Path, config: dict[str, Any], *, overwrite: bool) -> None:
         )
     if overwrite:
         return
-    old = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("config", {})
+    old = read_json(out / MANIFEST).get("config", {})  # only its config: older or partial manifests do too
     if old != config:
         diff = sorted(diff_keys(old, config))
         raise PeftkitError(
