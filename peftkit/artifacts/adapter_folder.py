@@ -13,19 +13,24 @@ from peftkit.artifacts.names import CARD, LOSS_PLOT, MANIFEST, WEIGHTS
 from peftkit.errors import PeftkitError
 
 
+def holds_output(out: Path, marker: str, what: str, folder_for: str = "") -> bool:
+    """Whether the ``--output`` folder `out` already holds `what` (its `marker` file is there); False when it is
+    absent or empty; refused when it is a file or holds anything else, which peftkit must never replace."""
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise PeftkitError(f"--output {out} is a file; choose a folder path{folder_for}")
+    if not any(out.iterdir()):
+        return False
+    if not (out / marker).is_file():
+        raise PeftkitError(f"--output {out} exists and is not {what}; choose another --output")
+    return True
+
+
 def check_output(out: Path, config: dict[str, Any], *, overwrite: bool) -> None:
     """Refuse to replace a different adapter (or any non-adapter content) unless told to."""
-    if not out.exists():
+    if not holds_output(out, MANIFEST, "a peftkit adapter folder") or overwrite:
         return
-    if not out.is_dir():
-        raise PeftkitError(f"--output {out} is a file; choose a folder path")
-    if not any(out.iterdir()):
-        return
-    if not (out / MANIFEST).is_file():
-        raise PeftkitError(
-            f"--output {out} exists and is not a peftkit adapter folder; choose another --output"
-        )
-    if overwrite:
         return
     old = read_json(out / MANIFEST).get("config", {})  # only its config: older or partial manifests do too
     if old != config:

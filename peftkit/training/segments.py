@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from peftkit.artifacts.adapter_folder import holds_output
 from peftkit.artifacts.bank_file import BankEntry, BankFile, adapter_folder_name
 from peftkit.artifacts.manifest import Manifest, read_manifest
 from peftkit.artifacts.names import BANK_FILE, GLOBAL
@@ -218,15 +219,8 @@ def _child_main(job_file: str) -> None:
 
 
 def check_bank_output(out: Path, overwrite: bool) -> None:
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise PeftkitError(f"--output {out} is a file; choose a folder path for the bank")
-    if not any(out.iterdir()):
-        return
-    if not (out / BANK_FILE).is_file():
-        raise PeftkitError(f"--output {out} exists and is not an adapter bank; choose another --output")
-    if not overwrite:
+    """Refuse to replace a bank (or any non-bank content) unless told to."""
+    if holds_output(out, BANK_FILE, "an adapter bank", " for the bank") and not overwrite:
         raise PeftkitError(f"--output {out} already holds a bank; pass --overwrite to replace it")
 
 
