@@ -91,10 +91,11 @@ def apply(model: nn.Module, pooling: str | None) -> None:
             f"model.pooling=mean needs an encoder whose classifier reads a pooler (BERT family); this "
             f"{model.config.model_type} model has none; use model.pooling=auto"
         )
-    pooler = MeanPooler()
-    backbone.pooler = pooler
+    backbone.pooler = MeanPooler()
+    backbone.register_forward_pre_hook(_keep_mask, with_kwargs=True)
 
-    def keep_mask(module, args, kwargs):
-        pooler.mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
 
-    backbone.register_forward_pre_hook(keep_mask, with_kwargs=True)
+def _keep_mask(backbone: nn.Module, args, kwargs) -> None:
+    # Looks the pooler up on the module it is called with, not a captured one: a structural copy of the model (a
+    # bank's question over shared base weights, `peftkit.inference.shared_base`) then pools with its own pooler.
+    backbone.pooler.mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)

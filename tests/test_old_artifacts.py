@@ -65,3 +65,58 @@ def test_old_bank_opens_and_routes_as_before(base, tmp_path):
     np.testing.assert_allclose(
         bank.logits(EXPECTED["texts"], want["adapters"]), want["logits"], rtol=0, atol=1e-6
     )
+
+
+# -- written by c7302b0, the last commit before banks of questions (tests/fixtures/before-questions/README.md) ------
+
+BEFORE_QUESTIONS = Path(__file__).parent / "fixtures" / "before-questions"
+EXPECTED_Q = json.loads((BEFORE_QUESTIONS / "expected.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["adapter-prefix", "adapter-ordinal-template"])
+def test_adapter_from_before_questions_reloads_with_identical_logits(base, name):
+    model = peftkit.load(str(BEFORE_QUESTIONS / name), base=str(base))
+    np.testing.assert_allclose(
+        model.logits(EXPECTED_Q["texts"]), EXPECTED_Q["logits"][name], rtol=0, atol=1e-6
+    )
+    folder = BEFORE_QUESTIONS / name
+    assert read_manifest(folder).to_json() == json.loads((folder / MANIFEST).read_text())
+
+
+def _bank_here(tmp_path: Path, base: Path) -> Path:
+    folder = shutil.copytree(BEFORE_QUESTIONS / "bank-bottleneck", tmp_path / "bank")
+    stored = json.loads((folder / BANK_FILE).read_text())
+    assert read_bank_file(folder).to_json() == stored
+    stored["base"]["name"] = str(base)  # where the base lived when the bank was written
+    (folder / BANK_FILE).write_text(json.dumps(stored))
+    return folder
+
+
+def test_bank_from_before_questions_opens_as_one_question_and_answers_as_before(base, tmp_path):
+    bank = peftkit.AdapterBank.open(_bank_here(tmp_path, base))
+    want = EXPECTED_Q["bank"]
+    assert list(bank.questions) == ["default"]
+    assert bank.resolve_all(want["segments"]) == want["adapters"]
+    np.testing.assert_allclose(
+        bank.logits(EXPECTED_Q["texts"], want["adapters"]), want["logits"], rtol=0, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("name", ["adapter-prefix", "adapter-ordinal-template", "bank-bottleneck"])
+def test_prediction_files_from_before_questions_are_written_again_identically(base, tmp_path, name):
+    import pandas as pd
+
+    from peftkit.inference.table import predict_table
+
+    if name.startswith("bank"):
+        kwargs = {"bank": _bank_here(tmp_path, base)}
+    else:
+        kwargs = {"adapter": BEFORE_QUESTIONS / name, "base": str(base)}
+    frame = predict_table(str(BEFORE_QUESTIONS / "records.csv"), **kwargs).frame
+    frame.to_csv(tmp_path / "now.csv", index=False)
+    now = pd.read_csv(tmp_path / "now.csv", dtype=str)
+    then = pd.read_csv(BEFORE_QUESTIONS / f"predictions-{name}.csv", dtype=str)
+    assert list(now.columns) == list(then.columns)
+    probs = [c for c in then.columns if c.startswith("prob_")]
+    pd.testing.assert_frame_equal(now.drop(columns=probs), then.drop(columns=probs))
+    np.testing.assert_allclose(now[probs].astype(float), then[probs].astype(float), rtol=0, atol=1e-6)

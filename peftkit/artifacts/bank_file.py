@@ -1,5 +1,21 @@
-"""``bank.json``, the index of an adapter bank: the one typed model its writers (segment training, `build_bank`) and
-readers (`AdapterBank`, inspect, predict) use, with the rules an adapter must meet to join a bank."""
+"""``bank.json``: the typed models of an adapter bank's index, used by its writers (segment training, `build_bank`,
+``peftkit bank``) and readers (`AdapterBank`, inspect, predict), with the rules an adapter must meet to join a bank.
+
+Two kinds of folder carry a ``bank.json``:
+
+- one question (format 1, `BankFile`): one task, labels, method; segment -> adapter, fallback, adapters. What
+  ``peftkit train --segment-column`` and `build_bank` write, and every bank written before questions existed.
+- a bank of questions (format 2, `BankIndex`): one base (name, weights hash, quant, dtype) and named questions,
+  each a one-question folder inside it::
+
+      banks/shop/
+        bank.json          {"format_version": 2, "base": ..., "questions": {"intent": {"path": "intent"}, ...}}
+        intent/            a one-question bank (bank.json format 1, global/, hotel/ ...)
+        churn/
+
+`read_bank_index` reads either as a `BankIndex`: a one-question folder is a bank of one question named
+``default`` that lives in the folder itself.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +30,9 @@ from peftkit.artifacts.manifest import Manifest, Record, validated
 from peftkit.artifacts.names import BANK_FILE, GLOBAL
 from peftkit.errors import PeftkitError
 
-BANK_FORMAT = 1
+BANK_FORMAT = 2  # a bank of questions (`BankIndex`)
+QUESTION_FORMAT = 1  # one question's bank (`BankFile`)
+DEFAULT_QUESTION = "default"  # the name of the one question of a format-1 folder
 Fallback = Literal["global", "error"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -58,7 +76,7 @@ class BankFile(Record):
     def like(cls, manifest: Manifest, **fields: Any) -> BankFile:
         """A bank for adapters like `manifest`'s: its base, method, task, labels, head, dtype and pooling."""
         return cls(
-            format_version=BANK_FORMAT,
+            format_version=QUESTION_FORMAT,
             base=BankBase(name=manifest.base.name, sha256=manifest.base.sha256),
             method=manifest.method,
             task=manifest.task,
@@ -120,15 +138,15 @@ def is_bank(folder: str | Path) -> bool:
 
 
 def read_bank_file(folder: str | Path) -> BankFile:
+    """The one-question bank file in `folder`; a bank of questions is refused, naming its questions' folders."""
     path = Path(folder) / BANK_FILE
-    if not path.is_file():
+    data = _bank_json(folder)
+    if "questions" in data:
         raise PeftkitError(
-            f"{folder} is not an adapter bank (no {BANK_FILE}); train one with --segment-column"
+            f"{folder} is a bank of questions ({', '.join(data['questions']) or 'none'}); open it with "
+            "AdapterBank.open, or one question's folder inside it"
         )
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise PeftkitError(f"{path}: not a bank file written by peftkit (a JSON object expected)")
-    if data.get("format_version", 0) > BANK_FORMAT:
+    if data.get("format_version", 0) > QUESTION_FORMAT:
         raise PeftkitError(
             f"{path} was written by a newer peftkit (format {data['format_version']}); upgrade"
         )
@@ -136,6 +154,93 @@ def read_bank_file(folder: str | Path) -> BankFile:
         if key not in data:
             raise PeftkitError(f"{path}: missing key {key!r}; not a bank file written by peftkit")
     return validated(BankFile, data, path)
+
+
+class QuestionEntry(Record):
+    """One question of a bank: the folder of its one-question bank, relative to the bank."""
+
+    path: str
+
+
+class BankIndex(Record):
+    """A bank of questions over one base: what every question's adapters must share, and where each question is."""
+
+    format_version: int = BANK_FORMAT
+    base: BankBase
+    quant: str = "none"
+    dtype: str = "auto"
+    questions: dict[str, QuestionEntry]
+
+    def write(self, folder: Path) -> None:
+        """Write ``bank.json`` into `folder` atomically, so readers never see half of it."""
+        text = json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n"
+        write_text_atomic(Path(folder) / BANK_FILE, text)
+
+    def check_question(self, name: str, question: BankFile, folder: Path) -> None:
+        """Refuse a question whose adapters cannot share this bank's base in memory, naming both sides."""
+        if not is_adapter_name(name):
+            raise PeftkitError(
+                f"question name {name!r}: use letters, digits, '_', '.' or '-' (up to 64), starting with a letter "
+                "or digit"
+            )
+        if question.base.sha256 != self.base.sha256:
+            raise PeftkitError(
+                f"question {name!r} ({folder}) was trained on base {question.base.name} (sha256 "
+                f"{question.base.sha256[:12]}), the bank's base is {self.base.name} (sha256 {self.base.sha256[:12]}); "
+                "a bank holds questions of one base only"
+            )
+        if question.quant != self.quant:
+            raise PeftkitError(
+                f"question {name!r} ({folder}) runs its base with quant {question.quant}, the bank with "
+                f"{self.quant}; a bank loads its base once, so retrain it with the bank's model.quant"
+            )
+        if "auto" not in (question.dtype, self.dtype) and question.dtype != self.dtype:
+            raise PeftkitError(
+                f"question {name!r} ({folder}) was trained over a {question.dtype} base, the bank's base is "
+                f"{self.dtype}; a bank loads its base once, so retrain it with the bank's model.dtype"
+            )
+
+    @classmethod
+    def like(cls, question: BankFile, **fields: Any) -> BankIndex:
+        """An index for questions over `question`'s base, quant and dtype."""
+        return cls(
+            format_version=BANK_FORMAT,
+            base=question.base,
+            quant=question.quant,
+            dtype=question.dtype,
+            **fields,
+        )
+
+
+def read_bank_index(folder: str | Path) -> tuple[BankIndex, bool]:
+    """The index of the bank in `folder` and whether it is a one-question folder (format 1, read as one question
+    named ``default`` living in `folder` itself)."""
+    path = Path(folder) / BANK_FILE
+    data = _bank_json(folder)
+    if "questions" not in data:
+        question = read_bank_file(folder)
+        return BankIndex.like(question, questions={DEFAULT_QUESTION: QuestionEntry(path=".")}), True
+    if data.get("format_version", 0) > BANK_FORMAT:
+        raise PeftkitError(
+            f"{path} was written by a newer peftkit (format {data['format_version']}); upgrade"
+        )
+    index = validated(BankIndex, data, path)
+    if not index.questions:
+        raise PeftkitError(f"{path}: a bank of no questions; add one with peftkit bank add")
+    return index, False
+
+
+def _bank_json(folder: str | Path) -> dict:
+    path = Path(folder) / BANK_FILE
+    if not path.is_file():
+        raise PeftkitError(
+            f"{folder} is not an adapter bank (no {BANK_FILE}); train one with --segment-column or build one with "
+            "peftkit bank build"
+        )
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise PeftkitError(f"{path}: not a bank file written by peftkit (a JSON object expected)")
+    return data
 
 
 def adapter_folder_name(value: str) -> str:

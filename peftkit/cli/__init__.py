@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typer
 
+from peftkit.cli import bank as bank_cmd
 from peftkit.cli import compare as compare_cmd
 from peftkit.cli import data as data_cmd
 from peftkit.cli import doctor as doctor_cmd
@@ -21,7 +22,7 @@ app = typer.Typer(
     name="peftkit",
     help="Parameter-efficient fine-tuning for e-commerce user analysis.\n\n"
     "Start with `peftkit train` (no arguments: the default recipe on the packaged model and real reviews), "
-    "then `peftkit predict` and `peftkit inspect`; `peftkit serve` puts an adapter bank behind HTTP; `peftkit doctor` checks a run before it starts, `peftkit export` hands LoRA adapters to vLLM/LoRAX; `peftkit compare` runs the methods side by side on the same data. Set PEFTKIT_DEBUG=1 to see tracebacks.",
+    "then `peftkit predict` and `peftkit inspect`; `peftkit bank build` puts several questions over one base into one bank, `peftkit serve` puts a bank behind HTTP; `peftkit doctor` checks a run before it starts, `peftkit export` hands LoRA adapters to vLLM/LoRAX; `peftkit compare` runs the methods side by side on the same data. Set PEFTKIT_DEBUG=1 to see tracebacks.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
@@ -36,6 +37,7 @@ app.command("doctor")(doctor_cmd.doctor)
 app.command("compare")(compare_cmd.compare)
 app.add_typer(recipes_cmd.app, name="recipes")
 app.add_typer(data_cmd.app, name="data")
+app.add_typer(bank_cmd.app, name="bank")
 
 
 def main() -> None:

@@ -19,7 +19,8 @@ def inspect(
 ) -> None:
     """Show what an adapter is: method, base (and its weights hash), task and labels, held-out metrics, size,
     trainable parameters, and method facts such as AdaLoRA's final rank per layer. For a bank: its segments,
-    fallback, and each segment adapter's held-out score next to the global adapter's on the same rows. For an export
+    fallback, and each segment adapter's held-out score next to the global adapter's on the same rows; for a bank of
+    questions (`peftkit bank build`), each question's task, method, labels, segments and held-out score. For an export
     (`peftkit export`): its source adapter and base, target, ranks and files. Loads no model.
 
     Examples:
@@ -115,11 +116,28 @@ def _rows(info: dict) -> list[tuple[str, str]]:
 
 
 def _inspect_bank(folder: Path, json_: bool) -> None:
-    from peftkit.artifacts.bank_file import read_bank_file
+    from peftkit.artifacts.bank_file import read_bank_file, read_bank_index
 
-    bank = read_bank_file(folder)
+    index, single = read_bank_index(folder)
+    if single:
+        info = {"bank": str(folder), **_question_info(read_bank_file(folder))}
+        emit(info, json_, lambda: _print_bank(info))
+        return
     info = {
         "bank": str(folder),
+        "base": index.base.to_json(),
+        "quant": index.quant,
+        "dtype": index.dtype,
+        "questions": {
+            name: {"path": q.path, **_question_info(read_bank_file(folder / q.path))}
+            for name, q in index.questions.items()
+        },
+    }
+    emit(info, json_, lambda: _print_questions(info))
+
+
+def _question_info(bank) -> dict:
+    return {
         "method": bank.method,
         "task": bank.task,
         "labels": bank.labels,
@@ -131,20 +149,56 @@ def _inspect_bank(folder: Path, json_: bool) -> None:
         "adapters": {name: entry.to_json() for name, entry in bank.adapters.items()},
         "segment_evaluation": bank.segment_evaluation or {},
     }
-    emit(info, json_, lambda: _print_bank(info))
 
 
-def _print_bank(info: dict) -> None:
+def _print_questions(info: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    key = "spearman" if info["task"] == "regression" else "accuracy"
     console = Console()
+    base = info["base"]
     console.print(
-        f"[bold]bank[/bold] {info['bank']}: {info['method']} adapters on {info['base']['name']} "
-        f"(sha256 {info['base']['sha256'][:16]}…), {info['task']}, segments from column "
-        f"{info['segment_column']!r}, fallback {info['fallback']}"
+        f"[bold]bank[/bold] {info['bank']}: {len(info['questions'])} questions over {base['name']} "
+        f"(sha256 {base['sha256'][:16]}…), quant {info['quant']}, dtype {info['dtype']}"
     )
+    table = Table("question", "task", "method", "labels", "segments", "adapters", "held-out (global)")
+    for name, q in info["questions"].items():
+        key = _score_key(q["task"])
+        held_out = q["adapters"].get("global", {}).get("metrics", {}).get(key)
+        table.add_row(
+            name,
+            q["task"],
+            q["method"],
+            ", ".join(q["labels"] or []) or "(score)",
+            f"{', '.join(q['segments']) or '(none)'} by {q['segment_column']!r}"
+            if q["segments"]
+            else "(none)",
+            str(len(q["adapters"])),
+            "" if held_out is None else f"{key} {held_out:.3f}",
+        )
+    console.print(table)
+    for name, q in info["questions"].items():
+        if q["segments"]:
+            console.print(f"[bold]{name}[/bold]")
+            _print_bank({"bank": f"{info['bank']}/{q['path']}", **q}, header=False)
+
+
+def _score_key(task: str) -> str:
+    return "spearman" if task == "regression" else "accuracy"
+
+
+def _print_bank(info: dict, header: bool = True) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    key = _score_key(info["task"])
+    console = Console()
+    if header:
+        console.print(
+            f"[bold]bank[/bold] {info['bank']}: {info['method']} adapters on {info['base']['name']} "
+            f"(sha256 {info['base']['sha256'][:16]}…), {info['task']}, segments from column "
+            f"{info['segment_column']!r}, fallback {info['fallback']}"
+        )
     table = Table("segment", "adapter", "train rows", "eval rows", f"global {key}", f"own {key}", "gain")
     for value, r in info["segment_evaluation"].items():
         own, glob = r.get("own", {}).get(key), r.get("global", {}).get(key)

@@ -16,13 +16,21 @@ AdapterOpt = Annotated[
 BankOpt = Annotated[
     Optional[Path],
     typer.Option(
-        help="Adapter bank written by `peftkit train --segment-column`: each row answered by its "
-        "segment's adapter."
+        help="Adapter bank (`peftkit bank build`, or `peftkit train --segment-column`): every question answered "
+        "for every row, each row by its segment's adapter, its text built from the row as each adapter was trained."
+    ),
+]
+QuestionsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="With --bank: comma-separated questions to answer; default: every question of the bank."
     ),
 ]
 SegmentColumnOpt = Annotated[
     Optional[str],
-    typer.Option(help="With --bank: the column naming each row's segment; default: the bank's own column."),
+    typer.Option(
+        help="With --bank: the column naming each row's segment; default: each question's own column."
+    ),
 ]
 SegmentOpt = Annotated[
     Optional[str], typer.Option(help="With --bank: answer every row with this segment's adapter.")
@@ -32,11 +40,17 @@ OutputOpt = Annotated[
     typer.Option(help="Where to write predictions (.csv, .jsonl or .parquet); default: CSV on stdout."),
 ]
 TextColumnOpt = Annotated[
-    Optional[str], typer.Option(help="Text column; default: the one the adapter was trained on.")
+    Optional[str],
+    typer.Option(
+        help="Text column; default: the one the adapter was trained on (not with a bank of questions)."
+    ),
 ]
 TemplateOpt = Annotated[
     Optional[str],
-    typer.Option(help="Build the text from columns; default: the adapter's training template."),
+    typer.Option(
+        help="Build the text from columns, e.g. 'orders {orders_90d|0}: {last_query|none}' ({field|default}: "
+        "what an empty field renders as); default: the adapter's training template (not with a bank of questions)."
+    ),
 ]
 BaseOpt = Annotated[
     Optional[str],
@@ -55,6 +69,7 @@ def predict(
     data: DataOpt,
     adapter: AdapterOpt = None,
     bank: BankOpt = None,
+    questions: QuestionsOpt = None,
     segment_column: SegmentColumnOpt = None,
     segment: SegmentOpt = None,
     output: OutputOpt = None,
@@ -65,9 +80,16 @@ def predict(
     batch_size: BatchSizeOpt = 64,
     json_: JsonFlag = False,
 ) -> None:
-    """Answer every row of a file with one adapter, or with an adapter bank where each row goes to its segment's
-    adapter. One output row per input row, in order: the input columns plus `prediction` (label, or score for
-    regression), one `prob_<label>` per class and `adapter` (which adapter answered).
+    """Answer every row of a file with one adapter, or every question of an adapter bank for every row (each row by
+    its segment's adapter). Each row's text is built from its columns as the adapter was trained (its template, with
+    the template's defaults for empty fields). One output row per input row, in order: the input columns plus
+
+    - one adapter or a one-question bank: `prediction` (label, or score for regression), one `prob_<label>` per
+      class, `adapter` (which adapter answered);
+    - a bank of questions: per question `q`: `q` (label or score), `q_prob_<label>` per class, `q_adapter`.
+
+    A row that cannot be answered (a field with no value and no default) gets its reason in `error` (`q_error`) and
+    the other rows are answered; the exit status is non-zero only when no row could be answered.
 
     Examples:
 
@@ -76,6 +98,7 @@ def predict(
         --data new.csv --output preds.csv
     peftkit predict --bank banks/reviews --data new.csv \\
         --segment-column platform --output preds.csv
+    peftkit predict --bank banks/shop --data users.csv --questions intent,churn --output scores.csv
     ```
     """
     from peftkit.data import check_writable
@@ -84,8 +107,10 @@ def predict(
 
     if (adapter is None) == (bank is None):
         raise PeftkitError("give exactly one of --adapter (one adapter) or --bank (an adapter bank)")
-    if adapter is not None and (segment_column or segment):
-        raise PeftkitError("--segment-column and --segment need --bank; --adapter answers every row itself")
+    if adapter is not None and (segment_column or segment or questions):
+        raise PeftkitError(
+            "--segment-column, --segment and --questions need --bank; --adapter answers every row itself"
+        )
     if segment_column and segment:
         raise PeftkitError(
             "give --segment-column (a segment per row) or --segment (one for all rows), not both"
@@ -99,6 +124,7 @@ def predict(
             data,
             adapter=adapter,
             bank=bank,
+            questions=[q.strip() for q in questions.split(",") if q.strip()] if questions else None,
             segment_column=segment_column,
             segment=segment,
             text=TextSpec(text_column, template),
@@ -110,4 +136,5 @@ def predict(
         typer.echo(result.frame.to_csv(index=False), nl=False)
         return
     summary = write_predictions(result, output)
-    emit(summary, json_, lambda: typer.echo(f"wrote {summary['rows']} predictions to {output}"))
+    failed = f" ({result.failed_rows} with errors: see the error columns)" if result.failed_rows else ""
+    emit(summary, json_, lambda: typer.echo(f"wrote {summary['rows']} predictions to {output}{failed}"))

@@ -9,7 +9,9 @@ import typer
 
 from peftkit.cli.common import command
 
-BankOpt = Annotated[Path, typer.Option(help="Adapter bank folder (`peftkit train --segment-column`).")]
+BankOpt = Annotated[
+    Path, typer.Option(help="Adapter bank folder (`peftkit bank build`, or `peftkit train --segment-column`).")
+]
 HostOpt = Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 for every interface.")]
 PortOpt = Annotated[int, typer.Option(help="TCP port.")]
 QuantOpt = Annotated[
@@ -45,8 +47,10 @@ def serve(
     """Serve an adapter bank over HTTP: one base model in memory, each request (or each item) answered by its
     segment's adapter. Logs one line per request to stderr.
 
-    Endpoints: `POST /v1/predict`, `GET /v1/adapters`, `POST /v1/adapters` (load an adapter folder from inside the
-    bank folder), `GET /healthz`. Unknown segments follow the bank's fallback or get 404 with the known segments.
+    Endpoints: `POST /v1/score` (user records in, every question's answer out, each text built from the record as
+    the question's adapter was trained), `POST /v1/predict` (finished texts, one question), `GET /v1/adapters`,
+    `POST /v1/adapters` (load an adapter folder from inside the bank folder), `GET /healthz`. Unknown segments
+    follow the bank's fallback or get 404 with the known segments (per-record errors in `/v1/score`).
 
     Example:
 
@@ -55,6 +59,7 @@ def serve(
     curl -s localhost:8000/v1/predict -d '{"segment": "hotel", "inputs": ["房间很干净"]}'
     curl -s localhost:8000/v1/predict \\
         -d '{"items": [{"segment": "book", "input": "纸质很差"}, {"segment": "laptop", "input": "散热很好"}]}'
+    curl -s localhost:8000/v1/score -d '{"records": [{"platform": "app", "orders_90d": 3, "last_query": "耳机"}]}'
     ```
     """
     from peftkit.errors import PeftkitError
@@ -71,10 +76,10 @@ def serve(
         if value < 1:
             raise PeftkitError(f"{flag} must be at least 1, got {value}")
     opened = AdapterBank.open(bank, quant=quant, max_loaded=max_loaded, preload=preload)
-    typer.echo(
-        f"peftkit: serving bank {bank} ({len(opened.adapters)} adapters, {len(opened.segments)} segments, "
-        f"fallback {opened.fallback}) at http://{host}:{port}",
-        err=True,
+    held = "; ".join(
+        f"{name}: {len(q.adapters)} adapters, {len(q.segments)} segments, fallback {q.fallback}"
+        for name, q in opened.questions.items()
     )
+    typer.echo(f"peftkit: serving bank {bank} ({held}) at http://{host}:{port}", err=True)
     limits = ServeLimits(max_items, max_body_kb * 1024, max_batch_rows, batch_wait_ms)
     run(opened, host=host, port=port, limits=limits)

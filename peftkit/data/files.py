@@ -13,19 +13,17 @@ not ``3.0`` because some other row is empty). Only an empty cell is missing. JSO
 from __future__ import annotations
 
 import codecs
-import contextlib
 import io
 import json
-import re
-import string
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from peftkit.artifacts.io import atomic_path
+from peftkit.data.template import MissingField, Template
 from peftkit.errors import PeftkitError
 
 BUILTIN_PREFIX = "builtin:"
@@ -228,93 +226,103 @@ def _reason(exc: BaseException) -> str:
 
 
 def build_texts(frame: pd.DataFrame, *, text_column: str, template: str | None, source: str) -> list[str]:
-    """Build one text per row, from `text_column`, or from `template` when it is given.
+    """Build one text per row, from `text_column`, or from `template` when it is given; every row must have one.
 
     Args:
         frame: the rows, as `read_table` returns them.
         text_column: column holding the text (ignored when `template` is given).
-        template: Python ``str.format`` text over column names, e.g. ``"orders: {orders_90d}; q: {last_query}"``;
-            numbers print as written (a CSV cell ``3`` as ``3``), and a format spec like ``{price:.2f}`` works on
-            CSV cells that hold numbers.
+        template: Python ``str.format`` text over column names (`peftkit.data.template`), e.g.
+            ``"orders: {orders_90d|0}; q: {last_query}"``; numbers print as written (a CSV cell ``3`` as ``3``), a
+            format spec like ``{price:.2f}`` works on CSV cells that hold numbers, and ``|default`` says what an
+            empty cell renders as.
         source: file name used in error messages.
 
     Returns:
         The texts, stripped of surrounding whitespace.
 
     Raises:
-        PeftkitError: a missing column or template field, a missing value in a template field, or a row whose
-            text is empty (rows are never dropped in silence).
+        PeftkitError: a missing column or template field, an empty value in a template field without a default,
+            or a row whose text is empty (rows are never dropped in silence).
     """
-    if template is None:
-        require_column(frame, text_column, source, "--text-column")
-        texts = [cell_text(value) for value in frame[text_column].tolist()]
-        where = f"column {text_column!r}"
+    if template is not None:
+        for column in Template.parse(template).columns:
+            if column not in frame.columns:
+                raise PeftkitError(
+                    f"--template field {{{column}}} is not a column of {source} "
+                    f"(columns: {short_list(list(frame.columns))})"
+                )
     else:
-        texts, where = _render(frame, template, source), "--template"
-    texts = [text.strip() for text in texts]
-    empty = [row for row, text in enumerate(texts, 1) if not text]
-    if empty:
+        require_column(frame, text_column, source, "--text-column")
+    texts, errors = texts_or_errors(frame, text_column=text_column, template=template)
+    failed = [row for row, error in enumerate(errors, 1) if error is not None]
+    if failed:
+        first = errors[failed[0] - 1]
         raise PeftkitError(
-            f"{source} row {empty[0]}: empty text in {where} ({len(empty)} such row(s)); fill or remove them"
+            f"{source} row {failed[0]}: {first.message} ({len(failed)} such row(s)); {first.fix}"
         )
     return texts
 
 
-class _Cell(str):
-    """A CSV cell (always read as a string) that still accepts a numeric format spec such as ``{price:.2f}``."""
+@dataclass(frozen=True)
+class RowError:
+    """Why one row has no text: ``message`` names the column or field, ``fix`` says what to do."""
 
-    def __format__(self, spec: str) -> str:
-        try:
-            return str.__format__(self, spec)
-        except ValueError as error:
-            for number in (int, float):
-                with contextlib.suppress(ValueError):
-                    return format(number(self), spec)
-            raise error
+    message: str
+    fix: str
 
 
-def _render(frame: pd.DataFrame, template: str, source: str) -> list[str]:
-    columns = template_columns(template)
-    for column in columns:
-        if column not in frame.columns:
-            raise PeftkitError(
-                f"--template field {{{column}}} is not a column of {source} "
-                f"(columns: {short_list(list(frame.columns))})"
-            )
-        missing = np.flatnonzero(frame[column].isna().to_numpy())
-        if len(missing):
-            raise PeftkitError(
-                f"{source} row {missing[0] + 1}: column {column!r} (used by --template) is empty "
-                f"({len(missing)} such row(s)); fill it or leave the field out of the template"
-            )
-    values = {column: frame[column].tolist() for column in columns}  # tolist(): plain Python ints and floats
-    texts = []
-    for i in range(len(frame)):
-        row = {c: _Cell(v[i]) if isinstance(v[i], str) else v[i] for c, v in values.items()}
-        try:
-            texts.append(template.format_map(row))
-        except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
-            raise PeftkitError(f"{source} row {i + 1}: --template {template!r} failed: {exc}") from exc
-    return texts
+def texts_or_errors(
+    rows: pd.DataFrame | list[dict[str, Any]], *, text_column: str, template: str | None
+) -> tuple[list[str | None], list[RowError | None]]:
+    """One text per row, or that row's error: what scoring uses, so one bad record never stops the others.
+
+    A template field whose column is absent counts as empty in every row (its default, or an error per row); a
+    text column that is absent, empty or blank is an error per row.
+
+    Returns:
+        (texts, errors): for row ``i`` either ``texts[i]`` (stripped) or ``errors[i]`` is set.
+    """
+    records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else rows
+    texts: list[str | None] = []
+    errors: list[RowError | None] = []
+    parsed = Template.parse(template) if template is not None else None
+    for record in records:
+        text, error = _row_text(record, text_column, parsed)
+        texts.append(text)
+        errors.append(error)
+    return texts, errors
+
+
+def _row_text(record: dict[str, Any], text_column: str, template: Template | None) -> tuple:
+    if template is None:
+        value = record.get(text_column)
+        if text_column not in record:
+            return None, RowError(f"no column {text_column!r}", "add it or name the text with --text-column")
+        text = cell_text(value).strip()
+        if not text:
+            return None, RowError(f"empty text in column {text_column!r}", "fill or remove such rows")
+        return text, None
+    try:
+        text = template.render(record).strip()
+    except MissingField as exc:
+        return None, RowError(
+            f"column {exc.field!r} (used by --template) is empty",
+            f"fill it, give the field a default ({{{exc.field}|...}}) or leave it out of the template",
+        )
+    except PeftkitError as exc:
+        return None, RowError(str(exc), "fix the template or the value")
+    if not text:
+        return None, RowError("empty text in --template", "fill or remove such rows")
+    return text, None
 
 
 def template_columns(template: str) -> list[str]:
-    """Column names a template reads, in order of first use (``{a.b}``, ``{a[0]}`` read column ``a``).
+    """Column names a template reads, in order of first use (``{a.b}``, ``{a[0]}`` and ``{a|0}`` read column ``a``).
 
     Raises:
         PeftkitError: the template is not a format string, or has a field that names no column (``{}``, ``{0}``).
     """
-    try:
-        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError as exc:
-        raise PeftkitError(f"--template {template!r} is not a valid format string: {exc}") from exc
-    columns = [re.split(r"[.\[]", name, maxsplit=1)[0] for name in names]
-    if not columns or any(c == "" or c.isdigit() for c in columns):
-        raise PeftkitError(
-            f"--template {template!r}: every field must name a column, e.g. "
-            "'orders: {orders_90d}; query: {last_query}'"
-        )
-    return list(dict.fromkeys(columns))
+    return Template.parse(template).columns
 
 
 def require_column(frame: pd.DataFrame, column: str, source: str, flag: str) -> None:

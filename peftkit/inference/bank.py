@@ -1,104 +1,153 @@
-"""Adapter banks: one base model in memory, one small adapter per platform or user segment, switched per row.
+"""Adapter banks: one base model in memory answering every question a shop asks about a user, each with one small
+adapter per platform or segment, switched per row.
 
-    banks/reviews/
-      bank.json        segment -> adapter, fallback, base identity (sha256), per-adapter and per-segment metrics
-      global/          an adapter folder (peftkit train), trained on every row
-      hotel/ book/ ... one adapter folder per segment
+    banks/shop/                     a bank of questions (``peftkit bank build``)
+      bank.json                     base identity (sha256), quant, dtype, question -> folder
+      intent/                       one question: bank.json (segments, fallback, adapters), global/, hotel/, ...
+      churn/
 
-    bank = AdapterBank.open("banks/reviews")
-    bank.predict(["房间很干净", "书的纸质很差"], segments=["hotel", "book"])
+    bank = AdapterBank.open("banks/shop")
+    bank.score([{"user_id": 7, "platform": "app", "orders_90d": 3, "last_query": "..."}])
+    # -> [{"intent": Score(label="strong", ...), "churn": Score(label="stay", ...)}]
 
-Opening a bank loads the base once and checks every adapter against it. Adapters load lazily on first use and stay
-in memory (at most ``max_loaded``, least recently used evicted first), so switching between loaded adapters touches
-no file. A batch whose rows belong to different segments runs in one forward pass where the method allows it (LoRA:
-peft's per-row ``adapter_names``), otherwise one pass per adapter group, and comes back in input order either way.
+A folder written by ``peftkit train --segment-column`` (or by peftkit before questions existed) is a bank of one
+question, named ``default``; ``bank.predict(texts, segments)`` and the other one-question methods answer it as
+before.
 
-A segment with no adapter of its own follows the bank's fallback: ``global`` answers it with the global adapter,
-``error`` refuses it. There is no fallback to the bare base: the classification head is trained with the adapter,
-so a base without one would answer at random.
+Opening a bank loads the base once and checks every adapter of every question against it. Each question runs on
+its own module tree over the same base tensors (`peftkit.inference.shared_base`), so adapters of different methods
+(LoRA for one question, bottleneck for another), heads of different widths and different poolings sit side by side
+with one copy of the base weights. `score` builds each record's text per question the way that question's adapter
+was trained to read it (its template, with the template's defaults for empty fields), routes it by the question's
+segment column, and answers each question in one pass over all its rows (rows of different segments in one forward
+pass where the method allows it). A record that cannot be answered for a question (a required field missing, a
+segment with no adapter under ``fallback: error``) gets that question's error; the rest are answered.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import pandas as pd
 
-from peftkit.artifacts.bank_file import BankEntry, BankFile, Fallback, is_adapter_name, read_bank_file
-from peftkit.artifacts.io import atomic_folder
-from peftkit.artifacts.manifest import Manifest, read_manifest
-from peftkit.artifacts.names import GLOBAL
+from peftkit.artifacts.bank_file import BankEntry, BankFile, BankIndex, read_bank_file, read_bank_index
+from peftkit.data.template import is_missing
 from peftkit.errors import PeftkitError
-from peftkit.inference.adapter_cache import AdapterCache
-from peftkit.inference.batcher import logits_by_adapter
-from peftkit.inference.predictor import Prediction, Predictor, decode_predictions, prediction_columns
+from peftkit.inference.bank_build import build_bank
+from peftkit.inference.predictor import Prediction, prediction_columns
+from peftkit.inference.question import Question, UnknownSegmentError
+
+__all__ = ["AdapterBank", "Score", "ScorePlan", "Unit", "UnknownSegmentError", "build_bank"]
 
 
-class UnknownSegmentError(PeftkitError, KeyError):
-    """A segment the bank has no adapter for, and no fallback to answer it."""
+@dataclass(frozen=True)
+class Score:
+    """One question's answer for one record: ``label`` and ``probabilities`` (classification, ordinal) or ``score``
+    (regression), the ``adapter`` and ``segment`` that answered; or ``error`` when the record could not be answered
+    for this question (the other fields None)."""
 
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
+    label: str | None = None
+    score: float | None = None
+    probabilities: dict[str, float] | None = None
+    adapter: str | None = None
+    segment: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"error": self.error, "segment": self.segment}
+        answer = {"score": self.score} if self.score is not None else {"label": self.label}
+        if self.probabilities is not None:
+            answer["probabilities"] = self.probabilities
+        return {**answer, "adapter": self.adapter, "segment": self.segment}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One text for one question's adapter: what the bank's forward passes answer, and what the server batches."""
+
+    question: str
+    text: str
+    adapter: str
+
+
+@dataclass
+class ScorePlan:
+    """Records turned into `Unit`s (`AdapterBank.plan`): ``units`` to answer, and for each record and question either
+    the index of its unit or the `Score` with its error."""
+
+    questions: list[str]
+    units: list[Unit]
+    slots: list[dict[str, int | Score]]
+    segments: list[dict[str, str | None]]
 
 
 class AdapterBank:
-    """A base model with a bank's adapters, answering each row with its segment's adapter. Thread-safe.
+    """A base model with a bank's questions and their adapters. Thread-safe. Build it with `AdapterBank.open`.
 
-    Build it with `AdapterBank.open`. ``segments`` maps segment value -> adapter name; ``adapters`` maps adapter
-    name -> its entry in the bank file (folder, metrics); ``loaded`` lists the adapters in memory, least recently
-    used first.
+    ``questions`` maps question name -> `Question`. The one-question properties and methods (``segments``,
+    ``adapters``, ``predict``, ``add``...) answer the only question, and name the questions when there are several.
     """
 
     def __init__(
         self,
         folder: Path,
-        bank: BankFile,
+        index: BankIndex,
         *,
+        single: bool,
         quant: str | None,
         device: str | None,
         max_loaded: int,
         batch_size: int,
     ):
         from peftkit import models
-        from peftkit.methods import METHODS
-        from peftkit.tasks import TASKS
 
         if max_loaded < 1:
             raise PeftkitError(f"max_loaded must be at least 1, got {max_loaded}")
-        self.folder, self.bank = folder, bank
-        self.spec = METHODS[bank.method]
-        if self.spec.full_model:
-            raise PeftkitError(
-                f"bank {folder}: method {bank.method} saves whole models; a bank needs adapters"
-            )
-        self.task = TASKS[bank.task]
-        self.labels: list[str] | None = bank.labels
+        self.folder, self.index, self.single = folder, index, single
         self.max_loaded, self.batch_size = max_loaded, batch_size
-        ref = models.resolve(bank.base.name)
-        if ref.sha256 != bank.base.sha256:
+        files = {name: read_bank_file(folder / q.path) for name, q in index.questions.items()}
+        if not single:
+            for name, file in files.items():
+                index.check_question(name, file, folder / index.questions[name].path)
+        ref = models.resolve(index.base.name)
+        if ref.sha256 != index.base.sha256:
             raise PeftkitError(
-                f"bank {folder} was built on base {bank.base.name} with sha256 {bank.base.sha256[:12]}, "
+                f"bank {folder} was built on base {index.base.name} with sha256 {index.base.sha256[:12]}, "
                 f"but that base here has sha256 {ref.sha256[:12]}; install the matching base"
             )
-        # every adapter is checked now, not at its first request
-        self._manifests = {name: self._checked(self._folder_of(name)) for name in bank.adapters}
         self.device = device or models.default_device()
-        self.quant = quant or bank.quant
+        self.quant = quant or index.quant
         self.tokenizer = models.load_tokenizer(ref)
-        base, _ = models.load_base(
+        # The pristine base: never attached to, so every question copies the same clean tree over its tensors.
+        self._base, self._heads = models.load_base(
             ref,
-            bank.num_outputs,
+            next(iter(files.values())).num_outputs,
             quant=self.quant,
-            dtype=models.stored_dtype(bank.dtype, self.device),
-            pooling=bank.pooling,  # None in banks from before pooling was a setting: transformers' own
+            dtype=models.stored_dtype(index.dtype, self.device),
             device=self.device,
             pad_token_id=self.tokenizer.pad_token_id,
         )
-        self._cache = AdapterCache(
-            self.spec, base, max_loaded=max_loaded, folder_of=self._folder_of, owner=f"bank {folder}"
+        self.questions: dict[str, Question] = {}
+        for name, file in files.items():
+            self.questions[name] = self._open_question(name, folder / index.questions[name].path, file)
+
+    def _open_question(self, name: str, folder: Path, file: BankFile) -> Question:
+        from peftkit.inference.shared_base import question_model
+
+        model = question_model(self._base, self._heads, file.num_outputs, file.pooling)
+        return Question(
+            name,
+            folder,
+            file,
+            model=model,
+            tokenizer=self.tokenizer,
+            max_loaded=self.max_loaded,
+            batch_size=self.batch_size,
         )
-        self._lock = self._cache.lock
 
     @classmethod
     def open(
@@ -111,285 +160,297 @@ class AdapterBank:
         batch_size: int = 64,
         preload: bool = False,
     ) -> AdapterBank:
-        """Open a bank folder: load its base once and check every adapter against it.
+        """Open a bank folder: load its base once and check every adapter of every question against it.
 
         Args:
-            folder: a bank written by ``peftkit train --segment-column``.
+            folder: a bank written by ``peftkit bank build`` or ``peftkit train --segment-column``.
             quant: ``"none"`` or ``"8bit"``; default: what the adapters were trained with.
             device: default CUDA when available.
-            max_loaded: adapters kept in memory at once; the least recently used is evicted beyond it.
+            max_loaded: adapters of each question kept in memory at once; the least recently used is evicted
+                beyond it.
             batch_size: rows per forward pass.
-            preload: load adapters now (up to ``max_loaded``) instead of on first use.
+            preload: load adapters now (up to ``max_loaded`` per question) instead of on first use.
         """
         folder = Path(folder)
+        index, single = read_bank_index(folder)
         bank = cls(
             folder,
-            read_bank_file(folder),
+            index,
+            single=single,
             quant=quant,
             device=device,
             max_loaded=max_loaded,
             batch_size=batch_size,
         )
         if preload:
-            for name in list(bank.adapters)[:max_loaded]:
-                bank._cache.ensure([name])
+            for question in bank.questions.values():
+                question.preload()
         return bank
 
-    # -- what the bank holds --------------------------------------------------------------------------------------
+    def question(self, name: str | None = None) -> Question:
+        """Question `name`; with None, the only one (an error naming them when there are several)."""
+        if name is None:
+            if len(self.questions) == 1:
+                return next(iter(self.questions.values()))
+            raise PeftkitError(
+                f"bank {self.folder} answers {len(self.questions)} questions ({', '.join(self.questions)}); "
+                "name one, or score records with bank.score"
+            )
+        if name not in self.questions:
+            raise PeftkitError(
+                f"bank {self.folder} has no question {name!r}; its questions: {', '.join(self.questions)}"
+            )
+        return self.questions[name]
 
-    @property
-    def adapters(self) -> dict[str, BankEntry]:
-        return self.bank.adapters
+    # -- scoring records ------------------------------------------------------------------------------------------
 
-    @property
-    def segments(self) -> dict[str, str]:
-        return self.bank.segments
+    def score(
+        self,
+        records: pd.DataFrame | Iterable[dict[str, Any]],
+        questions: list[str] | None = None,
+        *,
+        segment_column: str | None = None,
+        segment: str | None = None,
+    ) -> list[dict[str, Score]]:
+        """Answer every question (or those named) for every record.
 
-    @property
-    def fallback(self) -> str:
-        return self.bank.fallback
+        Args:
+            records: a DataFrame, or dicts of field -> value; each question builds its text from the fields its
+                adapters were trained on.
+            questions: question names; default all.
+            segment_column: the record field naming each record's segment; default each question's own column.
+            segment: answer every record with this segment's adapters instead.
 
-    @property
-    def loaded(self) -> list[str]:
-        return self._cache.loaded
-
-    @property
-    def model(self):
-        """The base with the loaded adapters attached; None until the first one is loaded."""
-        return self._cache.model
-
-    def resolve(self, segment: str | None) -> str:
-        """The adapter that answers `segment`: its own, else the fallback; `UnknownSegmentError` when there is none.
-
-        ``None`` asks for the global adapter.
+        Returns:
+            Per record, question -> `Score` (a label or score with probabilities, the adapter and segment that
+            answered; or the error that kept this question from answering this record).
         """
-        if segment is not None and segment in self.segments:
-            return self.segments[segment]
-        if segment is not None and segment in self.adapters:  # an adapter added by name answers for itself
-            return segment
-        if (segment is None or self.fallback == "global") and GLOBAL in self.adapters:
-            return GLOBAL
-        known = ", ".join(sorted(self.segments)) or "none"
-        raise UnknownSegmentError(
-            f"no adapter for segment {segment!r} and the bank's fallback is {self.fallback!r}; known segments: {known}"
-        )
+        plan = self.plan(records, questions, segment_column=segment_column, segment=segment)
+        return self.assemble(plan, self.answer(plan.units))
 
-    def resolve_all(self, segments: list[str | None]) -> list[str]:
-        """`resolve` for each segment, each distinct value resolved once."""
-        resolved: dict[Any, str] = {}
-        for segment in segments:
-            if segment not in resolved:
-                resolved[segment] = self.resolve(segment)
-        return [resolved[s] for s in segments]
+    def plan(
+        self,
+        records: pd.DataFrame | Iterable[dict[str, Any]],
+        questions: list[str] | None = None,
+        *,
+        segment_column: str | None = None,
+        segment: str | None = None,
+    ) -> ScorePlan:
+        """Records into the units `answer` computes (texts rendered, segments routed), errors kept per record."""
+        rows = records.to_dict("records") if isinstance(records, pd.DataFrame) else list(records)
+        bad = [i for i, r in enumerate(rows) if not isinstance(r, dict)]
+        if bad:
+            raise PeftkitError(
+                f"record {bad[0]} is a {type(rows[bad[0]]).__name__}; give each record as a dict"
+            )
+        names = self.question_names(questions)
+        plan = ScorePlan(names, [], [{} for _ in rows], [{} for _ in rows])
+        for name in names:
+            question = self.questions[name]
+            column = segment_column or question.segment_column
+            segments = [segment if segment is not None else _segment_of(r, column) for r in rows]
+            adapters: list[str | None] = []
+            for i, seg in enumerate(segments):
+                plan.segments[i][name] = seg
+                try:
+                    adapters.append(question.resolve(seg))
+                except UnknownSegmentError as exc:
+                    adapters.append(None)
+                    plan.slots[i][name] = Score(segment=seg, error=str(exc))
+            routed = [i for i, a in enumerate(adapters) if a is not None]
+            texts, errors = question.texts([rows[i] for i in routed], [adapters[i] for i in routed])
+            for i, text, error in zip(routed, texts, errors):
+                if error is not None:
+                    plan.slots[i][name] = Score(segment=segments[i], error=f"{error.message}; {error.fix}")
+                    continue
+                plan.slots[i][name] = len(plan.units)
+                plan.units.append(Unit(name, text, adapters[i]))
+        return plan
 
-    def describe(self) -> dict[str, Any]:
-        """What the bank holds, as JSON: base, method, task, labels, segments, fallback, adapters with metrics."""
-        with self._lock:
-            loaded = set(self._cache.loaded)
-        return {
-            "bank": str(self.folder),
-            "base": self.bank.base.to_json(),
-            "method": self.bank.method,
-            "task": self.bank.task,
-            "labels": self.labels,
-            "quant": self.quant,
-            "fallback": self.fallback,
-            "segment_column": self.bank.segment_column,
-            "segments": dict(self.segments),
-            "adapters": {
-                name: {
-                    "path": entry.path,
-                    "loaded": name in loaded,
-                    "metrics": self._manifests[name].metrics,
-                    "train_rows": self._manifests[name].data.train_rows,
-                }
-                for name, entry in self.adapters.items()
-            },
-            "segment_evaluation": self.bank.segment_evaluation or {},
-        }
+    def answer(self, units: list[Unit]) -> list[Prediction | str]:
+        """Each unit's `Prediction`, or its own error message: one pass per question over all its units (mixed
+        segments in one forward pass where the method allows it); a unit that fails never fails the others."""
+        out: list[Prediction | str] = [""] * len(units)
+        for name in dict.fromkeys(u.question for u in units):
+            rows = [i for i, u in enumerate(units) if u.question == name]
+            answers = self.questions[name].answer(
+                [units[i].text for i in rows], [units[i].adapter for i in rows]
+            )
+            for i, answer in zip(rows, answers):
+                out[i] = answer
+        return out
 
-    # -- predicting -----------------------------------------------------------------------------------------------
+    def assemble(self, plan: ScorePlan, answers: list[Prediction | str]) -> list[dict[str, Score]]:
+        """`plan`'s records with `answers` (from `answer(plan.units)`) put in place."""
+        out = []
+        for slots, segments in zip(plan.slots, plan.segments):
+            record = {}
+            for name in plan.questions:
+                slot, seg = slots[name], segments[name]
+                if isinstance(slot, Score):
+                    record[name] = slot
+                elif isinstance(answers[slot], str):
+                    record[name] = Score(segment=seg, adapter=plan.units[slot].adapter, error=answers[slot])
+                else:
+                    p = answers[slot]
+                    record[name] = Score(p.label, p.score, p.probabilities, p.adapter, seg)
+            out.append(record)
+        return out
 
-    def predict(self, texts: list[str], segments: str | list[str | None] | None = None) -> list[Prediction]:
+    def score_columns(self, scores: list[dict[str, Score]], questions: list[str]) -> dict[str, list]:
+        """Columns for a scores file: per question ``q`` (label or score), ``q_prob_<label>`` per class,
+        ``q_adapter``, and ``q_error`` where some record could not be answered for it."""
+        cols: dict[str, list] = {}
+        for name in questions:
+            got = [record[name] for record in scores]
+            cols[name] = [s.label if s.score is None else s.score for s in got]
+            for label in self.questions[name].labels or []:
+                cols[f"{name}_prob_{label}"] = [None if s.error else s.probabilities[label] for s in got]
+            cols[f"{name}_adapter"] = [s.adapter for s in got]
+            if any(s.error for s in got):
+                cols[f"{name}_error"] = [s.error for s in got]
+        return cols
+
+    def question_names(self, questions: list[str] | None = None) -> list[str]:
+        """`questions` checked against the bank's (one line naming the unknown ones), or all of them."""
+        if not questions:
+            return list(self.questions)
+        unknown = [q for q in questions if q not in self.questions]
+        if unknown:
+            raise PeftkitError(
+                f"no question {', '.join(map(repr, unknown))} in bank {self.folder}; its questions: "
+                f"{', '.join(self.questions)}"
+            )
+        return list(dict.fromkeys(questions))
+
+    # -- one question: texts in, predictions out (the API of one-question banks) ----------------------------------
+
+    def predict(
+        self, texts: list[str], segments: str | list[str | None] | None = None, *, question: str | None = None
+    ) -> list[Prediction]:
         """One `Prediction` per text, in order, each answered by its segment's adapter (``.adapter`` says which).
 
-        ``segments``: one per text, or one for all, or None for the global adapter.
+        ``segments``: one per text, or one for all, or None for the global adapter. ``question``: which question
+        answers (needed when the bank has several).
         """
-        names = self._adapter_names(texts, segments)
-        return decode_predictions(self.task, self.labels, self.logits(texts, names), names)
+        q = self.question(question)
+        return q.predict(texts, self._adapter_names(q, texts, segments))
 
-    def predict_columns(self, texts: list[str], segments) -> dict[str, list]:
+    def predict_columns(self, texts: list[str], segments, *, question: str | None = None) -> dict[str, list]:
         """Columns for a predictions file: ``prediction``, one ``prob_<label>`` per class, ``adapter``."""
-        return prediction_columns(self.predict(texts, segments), self.labels)
+        return prediction_columns(
+            self.predict(texts, segments, question=question), self.question(question).labels
+        )
 
-    def _adapter_names(self, texts, segments) -> list[str]:
+    @staticmethod
+    def _adapter_names(question: Question, texts, segments) -> list[str]:
         if isinstance(texts, str):
             raise TypeError("predict() takes a list of texts; wrap a single text in a list")
         if segments is None or isinstance(segments, str):
-            return [self.resolve(segments)] * len(texts)
+            return [question.resolve(segments)] * len(texts)
         if len(segments) != len(texts):
             raise PeftkitError(
                 f"got {len(texts)} texts but {len(segments)} segments; give one segment per text"
             )
-        return self.resolve_all(segments)
+        return question.resolve_all(segments)
 
-    def logits(self, texts: list[str], adapter_names: list[str]) -> np.ndarray:
-        """Head outputs (N, num_outputs), row ``i`` through adapter ``adapter_names[i]``, in input order."""
-        out = np.zeros((len(texts), self.bank.num_outputs), dtype=np.float32)
-        if not texts:
-            return out
-        unknown = sorted(set(adapter_names) - set(self.adapters))
-        if unknown:
-            raise UnknownSegmentError(f"no adapter named {', '.join(unknown)} in bank {self.folder}")
-        with self._lock:
-            return logits_by_adapter(
-                self._cache,
-                texts,
-                adapter_names,
-                out,
-                predictor_for=self._predictor,
-                mixed_batch=self.spec.mixed_batch,
-            )
+    def logits(self, texts: list[str], adapter_names: list[str]):
+        """Head outputs (N, num_outputs) of the only question, row ``i`` through adapter ``adapter_names[i]``."""
+        return self.question().logits(texts, adapter_names)
 
-    def _predictor(self, model) -> Predictor:
-        return Predictor(
-            model,
-            self.tokenizer,
-            task=self.bank.task,
-            labels=self.labels,
-            max_length=self.bank.max_length,
-            adapter="",
-            batch_size=self.batch_size,
-        )
+    def resolve(self, segment: str | None) -> str:
+        """The adapter of the only question that answers `segment` (`Question.resolve`)."""
+        return self.question().resolve(segment)
+
+    def resolve_all(self, segments: list[str | None]) -> list[str]:
+        return self.question().resolve_all(segments)
 
     def activate(self, name: str) -> None:
-        """Make adapter `name` the active one, loading it first if needed (what the switch benchmark times)."""
-        self._cache.activate(name)
+        """Make adapter `name` of the only question the active one (what the switch benchmark times)."""
+        self.question().activate(name)
 
-    def close(self) -> None:
-        """Drop the model and adapters from memory; the bank answers nothing after this."""
-        self._cache.close()
+    @property
+    def bank(self) -> BankFile:
+        """The only question's bank file."""
+        return self.question().bank
 
-    # -- adding and removing --------------------------------------------------------------------------------------
+    @property
+    def task(self):
+        return self.question().task
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.question().labels
+
+    @property
+    def adapters(self) -> dict[str, BankEntry]:
+        return self.question().adapters
+
+    @property
+    def segments(self) -> dict[str, str]:
+        return self.question().segments
+
+    @property
+    def fallback(self) -> str:
+        return self.question().fallback
+
+    @property
+    def loaded(self) -> list[str]:
+        return [a for q in self.questions.values() for a in q.loaded]
+
+    @property
+    def model(self):
+        """The only question's model with its loaded adapters attached; None until the first one is loaded."""
+        return self.question().model
 
     def add(
-        self, name: str, folder: str | Path, *, segments: list[str] | None = None, persist: bool = False
+        self,
+        name: str,
+        folder: str | Path,
+        *,
+        segments: list[str] | None = None,
+        persist: bool = False,
+        question: str | None = None,
     ) -> None:
         """Add an adapter at runtime (no restart) and route `segments` (default: ``[name]``) to it.
 
-        The adapter must share the bank's base (same weights hash), method, task, labels and max_length. With
-        ``persist`` the folder is copied into the bank and ``bank.json`` rewritten, so the next open has it too.
+        The adapter must share the question's base (same weights hash), method, task, labels and max_length. With
+        ``persist`` the folder is copied into the question's folder and its ``bank.json`` rewritten, so the next
+        open has it too.
         """
-        folder = Path(folder)
-        if not is_adapter_name(name):
-            raise PeftkitError(
-                f"adapter name {name!r}: use letters, digits, '_', '.' or '-' (up to 64), starting with a letter or digit"
-            )
-        manifest = self._checked(folder)
-        with self._lock:
-            if name in self.adapters:
-                raise PeftkitError(
-                    f"bank {self.folder} already has an adapter named {name!r}; remove it first"
-                )
-            path = _copy_in(folder, self.folder / name) if persist else folder.resolve()
-            self.adapters[name] = BankEntry(
-                path=_relative(path, self.folder), train_rows=manifest.data.train_rows
-            )
-            self._manifests[name] = manifest
-            for segment in segments or [name]:
-                self.segments[segment] = name
-            if persist:
-                self.bank.write(self.folder)
+        self.question(question).add(name, folder, segments=segments, persist=persist)
 
-    def remove(self, name: str, *, persist: bool = False) -> None:
+    def remove(self, name: str, *, persist: bool = False, question: str | None = None) -> None:
         """Drop an adapter from memory and routing; its segments then follow the fallback."""
-        with self._lock:
-            if name not in self.adapters:
-                raise PeftkitError(f"bank {self.folder} has no adapter named {name!r}")
-            self._cache.drop(name)
-            del self.adapters[name]
-            del self._manifests[name]
-            for segment in [s for s, a in self.segments.items() if a == name]:
-                del self.segments[segment]
-            if persist:
-                self.bank.write(self.folder)
+        self.question(question).remove(name, persist=persist)
 
-    def _folder_of(self, name: str) -> Path:
-        path = Path(self.adapters[name].path)
-        return path if path.is_absolute() else self.folder / path
+    def describe(self) -> dict[str, Any]:
+        """What the bank holds, as JSON: base, quant and each question's method, task, labels, segments, fallback,
+        adapters with metrics (a one-question bank: that question's keys at the top, as before questions)."""
+        head = {"bank": str(self.folder), "base": self.index.base.to_json()}
+        if self.single:
+            q = self.question()
+            described = q.describe()
+            return {**head, "method": described.pop("method"), "task": described.pop("task"),
+                    "labels": described.pop("labels"), "quant": self.quant, **described}  # fmt: skip
+        return {
+            **head,
+            "quant": self.quant,
+            "questions": {n: q.describe() for n, q in self.questions.items()},
+        }
 
-    def _checked(self, folder: Path) -> Manifest:
-        """The manifest of the adapter at `folder`, refused unless it fits the bank."""
-        manifest = read_manifest(folder)
-        self.bank.check_compatible(manifest, folder)
-        return manifest
-
-
-def _copy_in(folder: Path, dest: Path) -> Path:
-    import shutil
-
-    if dest.exists():
-        raise PeftkitError(f"{dest} already exists; choose another adapter name")
-    with atomic_folder(dest) as tmp:
-        shutil.copytree(folder, tmp, dirs_exist_ok=True)
-    return dest
+    def close(self) -> None:
+        """Drop the model and adapters from memory; the bank answers nothing after this."""
+        for question in self.questions.values():
+            question.close()
+        self._base = None
 
 
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(path.resolve())
-
-
-def build_bank(
-    folder: str | Path,
-    adapters: dict[str, str | Path],
-    *,
-    segments: dict[str, str] | None = None,
-    segment_column: str | None = None,
-    fallback: Fallback = "global",
-) -> Path:
-    """Bundle adapters trained separately into a bank folder (copied in, checked against each other).
-
-    Args:
-        folder: the bank folder to write (must not exist).
-        adapters: name -> adapter folder; name it ``global`` for the one that answers unknown segments.
-        segments: segment value -> adapter name; default: each adapter answers the segment of its own name.
-        segment_column: the column that names segments in prediction files, for ``peftkit predict --bank``.
-        fallback: ``global`` or ``error`` for segments without an adapter.
-    """
-    import shutil
-
-    folder = Path(folder)
-    if folder.exists():
-        raise PeftkitError(f"{folder} already exists; choose a new folder for the bank")
-    if not adapters:
-        raise PeftkitError("a bank needs at least one adapter")
-    bad = [n for n in adapters if not is_adapter_name(n)]
-    if bad:
-        raise PeftkitError(
-            f"adapter names {bad}: use letters, digits, '_', '.' or '-', starting with a letter or digit"
-        )
-    manifests = {name: read_manifest(path) for name, path in adapters.items()}
-    bank = BankFile.like(
-        next(iter(manifests.values())),
-        segment_column=segment_column,
-        fallback=fallback,
-        segments=dict(segments) if segments is not None else {n: n for n in adapters if n != GLOBAL},
-        adapters={},
-        config=next(iter(manifests.values())).config,
-    )
-    for name, manifest in manifests.items():
-        bank.check_compatible(manifest, Path(adapters[name]))
-    unknown = sorted(set(bank.segments.values()) - set(adapters))
-    if unknown:
-        raise PeftkitError(
-            f"segments route to {unknown}, which are not among the adapters {sorted(adapters)}"
-        )
-    with atomic_folder(folder) as tmp:
-        for name, path in adapters.items():
-            shutil.copytree(path, tmp / name)
-            bank.adapters[name] = BankEntry.of(manifests[name], name)
-        bank.write(tmp)
-    return folder
+def _segment_of(record: dict[str, Any], column: str | None) -> str | None:
+    """The record's segment value as text ("" for an empty one: the fallback answers); None without a column."""
+    if column is None:
+        return None
+    value = record.get(column)
+    if is_missing(value):
+        return ""
+    return str(value)

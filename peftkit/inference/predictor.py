@@ -52,35 +52,15 @@ class Predictor:
         return next(p for p in self.model.parameters()).device
 
     def logits(self, texts: list[str], adapter_names: list[str] | None = None) -> np.ndarray:
-        """Raw head outputs, (N, num_outputs) float32, in input order.
-
-        Rows are batched by length (less padding) and put back in order; dropout is off. ``adapter_names`` (one per
-        text) runs each row through its own loaded adapter within the same batch, for methods that can
-        (`MethodSpec.mixed_batch`); without it the active adapter answers every row.
-        """
-        import torch
-
-        if isinstance(texts, str):
-            raise TypeError("predict() takes a list of texts; wrap a single text in a list")
-        if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
-        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
-        order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")
-        out: list[np.ndarray | None] = [None] * len(texts)
-        was_training = self.model.training
-        self.model.eval()
-        with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                batch = self.tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="pt")
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                if adapter_names is not None:
-                    batch["adapter_names"] = [adapter_names[i] for i in idx]
-                logits = self.model(**batch).logits.float().cpu().numpy()  # (b, num_outputs)
-                for row, i in zip(logits, idx):
-                    out[i] = row
-        self.model.train(was_training)
-        return np.stack(out)
+        """Raw head outputs, (N, num_outputs) float32, in input order; see `batched_logits`."""
+        return batched_logits(
+            self.model,
+            self.tokenizer,
+            texts,
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+            adapter_names=adapter_names,
+        )
 
     def predict(self, texts: list[str]) -> list[Prediction]:
         """One `Prediction` per text, in order."""
@@ -89,6 +69,50 @@ class Predictor:
     def predict_columns(self, texts: list[str]) -> dict[str, list]:
         """Columns for a predictions file: ``prediction``, one ``prob_<label>`` per class, ``adapter``."""
         return prediction_columns(self.predict(texts), self.labels)
+
+
+def batched_logits(
+    model,
+    tokenizer,
+    texts: list[str],
+    *,
+    max_length: int,
+    batch_size: int,
+    adapter_names: list[str] | None = None,
+) -> np.ndarray:
+    """Raw head outputs of `model` for `texts`, (N, num_outputs) float32, in input order: the one forward loop that
+    predictors, banks and the server all run.
+
+    Rows are batched by length (less padding) and put back in order; dropout is off. ``adapter_names`` (one per
+    text) runs each row through its own loaded adapter within the same batch, for methods that can
+    (`MethodSpec.mixed_batch`); without it the active adapter answers every row.
+    """
+    import torch
+
+    if isinstance(texts, str):
+        raise TypeError("predict() takes a list of texts; wrap a single text in a list")
+    if not texts:
+        return np.zeros((0, 0), dtype=np.float32)
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")
+    out: list[np.ndarray | None] = [None] * len(texts)
+    device = next(p for p in model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                batch = tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="pt")
+                batch = {k: v.to(device) for k, v in batch.items()}
+                if adapter_names is not None:
+                    batch["adapter_names"] = [adapter_names[i] for i in idx]
+                logits = model(**batch).logits.float().cpu().numpy()  # (b, num_outputs)
+                for row, i in zip(logits, idx):
+                    out[i] = row
+    finally:
+        model.train(was_training)
+    return np.stack(out)
 
 
 def decode_predictions(

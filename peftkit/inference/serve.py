@@ -1,15 +1,21 @@
 """``peftkit serve``: an adapter bank behind an HTTP JSON API (FastAPI + uvicorn).
 
+    POST /v1/score      {"records": [{"user_id": 7, "platform": "app", "orders_90d": 3, ...}], "questions": [...]}
+                        every question (or those named) for every record, each text built from the record as the
+                        question's adapter was trained; per record and question a label/score or its own error
     POST /v1/predict    {"segment": "hotel", "inputs": ["房间很干净"]}
                         {"items": [{"segment": "book", "input": "..."}, {"segment": "laptop", "input": "..."}]}
-    GET  /v1/adapters   segments, adapters (method, base, metrics), fallback
+                        finished texts, for one question ("question": name, when the bank has several)
+    GET  /v1/adapters   questions, segments, adapters (method, base, metrics), fallback
     POST /v1/adapters   {"name": "laptop-v2", "path": "laptop-v2", "segments": ["laptop"]}: load an adapter folder
                         that lies inside the bank folder, and route segments to it
     GET  /healthz
 
-One worker owns the model: requests that arrive while it is busy are answered together in one batch (rows of
-different segments included), which is both the throughput win and what keeps one request's adapter from leaking
-into another's. Each request logs one line: status, segments, adapters, rows, latency.
+The route turns a request into units (`AdapterBank.plan`: texts rendered, segments routed), the request batcher
+(`peftkit.inference.batcher`) answers the units of requests that arrive together in one call of
+`AdapterBank.answer` on one worker, and the route puts its answers back together. An item that cannot be answered
+gets its own error (HTTP 200 with per-item errors; 422 when every item fails); it never fails its batch-mates.
+Each request logs one line: status, questions, segments, adapters, rows, latency.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import json
 import logging
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,8 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.datastructures import Headers
 
 from peftkit.errors import PeftkitError
-from peftkit.inference.bank import AdapterBank, UnknownSegmentError
-from peftkit.inference.predictor import Prediction, decode_predictions
+from peftkit.inference.bank import AdapterBank, Score, Unit, UnknownSegmentError
+from peftkit.inference.batcher import RequestBatcher
+from peftkit.inference.predictor import Prediction
 
 log = logging.getLogger("peftkit.inference.serve")
 
@@ -50,6 +57,7 @@ class PredictRequest(BaseModel):
     inputs: list[str] | None = None
     segment: str | None = None
     items: list[Item] | None = None
+    question: str | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> PredictRequest:
@@ -69,11 +77,30 @@ class PredictRequest(BaseModel):
         return list(self.inputs), [self.segment] * len(self.inputs)
 
 
+class ScoreRequest(BaseModel):
+    """Records (field -> value), and optionally which questions to answer (default: all)."""
+
+    model_config = ConfigDict(extra="forbid")
+    records: list[dict[str, Any]] = Field(description="one object per user: the fields the questions read")
+    questions: list[str] | None = Field(
+        None, description="question names; default: every question of the bank"
+    )
+
+    @model_validator(mode="after")
+    def _some(self) -> ScoreRequest:
+        if not self.records:
+            raise ValueError("nothing to score: the list of records is empty")
+        return self
+
+
 class AddAdapterRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="adapter name in the bank")
     path: str = Field(description="adapter folder, relative to the bank folder (and inside it)")
     segments: list[str] | None = Field(None, description="segments routed to it; default: [name]")
+    question: str | None = Field(
+        None, description="the question it answers (needed when the bank has several)"
+    )
 
 
 @dataclass
@@ -82,73 +109,6 @@ class ServeLimits:
     max_body_bytes: int = 1 << 20  # request body; more: 413
     max_batch_rows: int = 64  # rows the worker answers in one batch across requests
     batch_wait_ms: float = 2.0  # after the first request, wait this long for others to join its batch
-
-
-@dataclass
-class _Job:
-    texts: list[str]
-    adapters: list[str]
-    future: asyncio.Future = field(repr=False)
-
-
-class _Batcher:
-    """Collects predict jobs and answers them in batches on one worker thread, each row with its own adapter."""
-
-    def __init__(self, bank: AdapterBank, limits: ServeLimits):
-        self.bank, self.limits = bank, limits
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self.task: asyncio.Task | None = None
-        self.batches = 0
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-
-    async def submit(self, texts: list[str], adapters: list[str]) -> list:
-        job = _Job(texts, adapters, asyncio.get_running_loop().create_future())
-        await self.queue.put(job)
-        return await job.future
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            jobs = [await self.queue.get()]
-            rows = len(jobs[0].texts)
-            deadline = loop.time() + self.limits.batch_wait_ms / 1000
-            while rows < self.limits.max_batch_rows:
-                timeout = deadline - loop.time()
-                try:
-                    job = (
-                        self.queue.get_nowait()
-                        if timeout <= 0
-                        else await asyncio.wait_for(self.queue.get(), timeout)
-                    )
-                except (asyncio.QueueEmpty, asyncio.TimeoutError):
-                    break
-                jobs.append(job)
-                rows += len(job.texts)
-            texts = [t for j in jobs for t in j.texts]
-            adapters = [a for j in jobs for a in j.adapters]
-            try:
-                preds = await loop.run_in_executor(None, self._predict, texts, adapters)
-            except Exception as exc:  # answer every waiting request rather than hang them
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(exc)
-                continue
-            self.batches += 1
-            start = 0
-            for j in jobs:
-                if not j.future.done():
-                    j.future.set_result(preds[start : start + len(j.texts)])
-                start += len(j.texts)
-
-    def _predict(self, texts: list[str], adapters: list[str]) -> list[Prediction]:
-        logits = self.bank.logits(texts, adapters)
-        return decode_predictions(self.bank.task, self.bank.labels, logits, adapters)
 
 
 class _JSONBody(Request):
@@ -187,7 +147,7 @@ def get_bank(request: Request) -> AdapterBank:
     return request.app.state.bank
 
 
-def get_batcher(request: Request) -> _Batcher:
+def get_batcher(request: Request) -> RequestBatcher:
     return request.app.state.batcher
 
 
@@ -196,27 +156,57 @@ def get_limits(request: Request) -> ServeLimits:
 
 
 Bank = Annotated[AdapterBank, Depends(get_bank)]
-Batcher = Annotated[_Batcher, Depends(get_batcher)]
+Batcher = Annotated[RequestBatcher, Depends(get_batcher)]
 Limits = Annotated[ServeLimits, Depends(get_limits)]
 router = APIRouter(route_class=JSONBodyRoute)
+
+
+@router.post("/v1/score")
+async def score(
+    body: ScoreRequest, request: Request, bank: Bank, batcher: Batcher, limits: Limits
+) -> JSONResponse:
+    """Every question (or those named) for every record, each record's text built as each question's adapter was
+    trained to read it."""
+    if len(body.records) > limits.max_items:
+        raise HTTPException(
+            413, f"{len(body.records)} records in one request; the limit is {limits.max_items}"
+        )
+    try:
+        plan = bank.plan(body.records, body.questions)
+    except PeftkitError as exc:
+        raise HTTPException(422, str(exc)) from None
+    scores = bank.assemble(plan, await batcher.submit(plan.units))
+    adapters = [s.adapter for record in scores for s in record.values()]
+    request.state.log.update(
+        rows=len(scores),
+        questions=",".join(plan.questions),
+        adapters=_counts(adapters),
+        errors=_errors(scores),
+    )
+    content = {"scores": [{q: s.to_json() for q, s in record.items()} for record in scores]}
+    failed_all = all(s.error for record in scores for s in record.values())
+    return JSONResponse(content, status_code=422 if failed_all else 200)
 
 
 @router.post("/v1/predict")
 async def predict(
     body: PredictRequest, request: Request, bank: Bank, batcher: Batcher, limits: Limits
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Each input answered by its segment's adapter, in order."""
     texts, segments = body.rows()
     if len(texts) > limits.max_items:
         raise HTTPException(413, f"{len(texts)} inputs in one request; the limit is {limits.max_items}")
     try:
-        adapters = bank.resolve_all(segments)
-    except UnknownSegmentError:
-        request.state.log.update(segments=_counts(segments))
-        raise
-    preds = await batcher.submit(texts, adapters)
-    request.state.log.update(rows=len(texts), segments=_counts(segments), adapters=_counts(adapters))
-    return {"predictions": [_prediction_json(seg, p) for seg, p in zip(segments, preds)]}
+        question = bank.question(body.question)
+    except PeftkitError as exc:
+        raise HTTPException(422, str(exc)) from None
+    request.state.log.update(segments=_counts(segments))
+    adapters = question.resolve_all(segments)  # UnknownSegmentError: 404 with the known segments
+    answers = await batcher.submit([Unit(question.name, t, a) for t, a in zip(texts, adapters)])
+    request.state.log.update(rows=len(texts), adapters=_counts(adapters))
+    content = {"predictions": [_prediction_json(seg, a) for seg, a in zip(segments, answers)]}
+    failed_all = all(isinstance(a, str) for a in answers)
+    return JSONResponse(content, status_code=422 if failed_all else 200)
 
 
 @router.get("/v1/adapters")
@@ -229,6 +219,10 @@ async def adapters(bank: Bank) -> dict[str, Any]:
 async def add_adapter(body: AddAdapterRequest, request: Request, bank: Bank) -> dict[str, Any]:
     """Load an adapter folder from inside the bank folder and route its segments to it."""
     request.state.log.update(adapter=body.name)
+    try:
+        question = bank.question(body.question)
+    except PeftkitError as exc:
+        raise HTTPException(422, str(exc)) from None
     root = bank.folder.resolve()
     folder = (root / body.path).resolve()
     if Path(body.path).is_absolute() or not folder.is_relative_to(root):
@@ -237,11 +231,11 @@ async def add_adapter(body: AddAdapterRequest, request: Request, bank: Bank) -> 
         )
     if not folder.is_dir():
         raise HTTPException(404, f"no adapter folder {body.path!r} inside the bank folder")
-    if body.name in bank.adapters:
+    if body.name in question.adapters:
         raise HTTPException(409, f"the bank already has an adapter named {body.name!r}")
     try:
         await asyncio.get_running_loop().run_in_executor(
-            None, lambda: bank.add(body.name, folder, segments=body.segments)
+            None, lambda: question.add(body.name, folder, segments=body.segments)
         )
     except PeftkitError as exc:
         raise HTTPException(422, str(exc)) from None
@@ -250,18 +244,24 @@ async def add_adapter(body: AddAdapterRequest, request: Request, bank: Bank) -> 
 
 @router.get("/healthz")
 async def healthz(bank: Bank, batcher: Batcher) -> dict[str, Any]:
-    return {"status": "ok", "adapters": len(bank.adapters), "loaded": bank.loaded, "batches": batcher.batches}
+    adapters = sum(len(q.adapters) for q in bank.questions.values())
+    return {"status": "ok", "adapters": adapters, "loaded": bank.loaded, "batches": batcher.batches}
 
 
 def create_app(bank: AdapterBank, limits: ServeLimits | None = None) -> FastAPI:
     """The FastAPI app serving `bank`; `peftkit serve` runs it with uvicorn."""
     app = FastAPI(
         title="peftkit",
-        summary=f"adapter bank {bank.folder}: {bank.bank.task} with {bank.bank.method} adapters",
+        summary=f"adapter bank {bank.folder}: "
+        + ", ".join(f"{n} ({q.bank.task}, {q.bank.method})" for n, q in bank.questions.items()),
         lifespan=_lifespan,
     )
     app.state.bank, app.state.limits = bank, limits or ServeLimits()
-    app.state.batcher = _Batcher(bank, app.state.limits)
+    app.state.batcher = RequestBatcher(
+        bank.answer,
+        max_batch_rows=app.state.limits.max_batch_rows,
+        batch_wait_ms=app.state.limits.batch_wait_ms,
+    )
     app.middleware("http")(_limit_and_log)
     app.add_exception_handler(RequestValidationError, _invalid_body)
     app.add_exception_handler(UnknownSegmentError, _unknown_segment)
@@ -317,14 +317,22 @@ def _model_errors(request: Request, exc: RequestValidationError) -> list:
 
 
 async def _unknown_segment(request: Request, exc: UnknownSegmentError) -> JSONResponse:
-    return _error(404, str(exc), known_segments=sorted(request.app.state.bank.segments))
+    bank: AdapterBank = request.app.state.bank
+    known = sorted({s for q in bank.questions.values() for s in q.segments})
+    return _error(404, str(exc), known_segments=known)
 
 
-def _prediction_json(segment: str | None, p: Prediction) -> dict[str, Any]:
+def _prediction_json(segment: str | None, p: Prediction | str) -> dict[str, Any]:
+    if isinstance(p, str):
+        return {"segment": segment, "error": p}
     answer = (
         {"score": p.score} if p.score is not None else {"label": p.label, "probabilities": p.probabilities}
     )
     return {"segment": segment, "adapter": p.adapter, **answer}
+
+
+def _errors(scores: list[dict[str, Score]]) -> int:
+    return sum(1 for record in scores for s in record.values() if s.error)
 
 
 def _problems(errors) -> str:

@@ -1,8 +1,13 @@
 """Answering a table of rows (what ``peftkit predict`` does): each row's text built as the adapter was trained, each
-row answered by one adapter or by its segment's adapter in a bank, the answers added beside the input columns.
+row answered by one adapter, or by a bank (every question, each row by its segment's adapter), the answers added
+beside the input columns.
 
-    result = predict_table("new.csv", bank=Path("banks/reviews"))
-    write_predictions(result, Path("preds.csv"))
+    result = predict_table("records.csv", bank=Path("banks/shop"))
+    write_predictions(result, Path("scores.csv"))
+
+A row that cannot be answered (a template field with no value and no default, a segment with no adapter under
+``fallback: error``) gets its error in an ``error`` column (``<question>_error`` for a bank of questions) and the
+other rows are answered; only a file where no row could be answered at all is an error.
 """
 
 from __future__ import annotations
@@ -14,16 +19,18 @@ from typing import Any
 
 import pandas as pd
 
-from peftkit.data import build_texts, read_table, write_table
+from peftkit.data import read_table, write_table
+from peftkit.data.files import RowError, texts_or_errors
 from peftkit.errors import PeftkitError
 
 
 @dataclass
 class TablePredictions:
-    """The input rows plus ``prediction``, one ``prob_<label>`` per class and ``adapter``; rows per adapter."""
+    """The input rows plus the answer columns; rows per adapter that answered, and the rows no answer came for."""
 
     frame: pd.DataFrame
     answered_by: dict[str, int]
+    failed_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -33,11 +40,16 @@ class TextSpec:
     text_column: str | None = None
     template: str | None = None
 
-    def texts(self, frame: pd.DataFrame, data_cfg: dict[str, Any], source: str) -> list[str]:
-        """One text per row: from the given column or template, else as the adapter's training data built it."""
-        use_template = self.template if (self.template or self.text_column) else data_cfg["template"]
-        column = self.text_column or data_cfg["text_column"]
-        return build_texts(frame, text_column=column, template=use_template, source=source)
+    @property
+    def given(self) -> bool:
+        return bool(self.text_column or self.template)
+
+    def texts(self, frame: pd.DataFrame, data_cfg: dict[str, Any]) -> tuple[list, list[RowError | None]]:
+        """One text (or error) per row: from the given column or template, else as the adapter's training data
+        built it."""
+        template = self.template if self.given else data_cfg.get("template")
+        column = self.text_column or data_cfg.get("text_column", "text")
+        return texts_or_errors(frame, text_column=column, template=template)
 
 
 def predict_table(
@@ -45,6 +57,7 @@ def predict_table(
     *,
     adapter: Path | None = None,
     bank: Path | None = None,
+    questions: list[str] | None = None,
     segment_column: str | None = None,
     segment: str | None = None,
     text: TextSpec = TextSpec(),
@@ -52,18 +65,23 @@ def predict_table(
     quant: str | None = None,
     batch_size: int = 64,
 ) -> TablePredictions:
-    """Every row of `data` answered by `adapter`, or by `bank` (each row by its segment's adapter: from
-    `segment_column`, default the bank's own column, or `segment` for every row)."""
+    """Every row of `data` answered by `adapter`, or by `bank` (every question, or those in `questions`; each row
+    by its segment's adapter: from `segment_column`, default each question's own column, or `segment` for every
+    row).
+
+    Raises:
+        PeftkitError: the file cannot be read, an option does not fit the bank, or no row could be answered.
+    """
     frame = read_table(data)
     if bank is not None:
-        columns, answered_by = _predict_bank(
-            bank, frame, data, segment_column, segment, text, quant, batch_size
+        columns, answered_by, failed = _predict_bank(
+            bank, frame, data, questions, segment_column, segment, text, quant, batch_size
         )
     else:
-        columns, answered_by = _predict_adapter(adapter, frame, data, text, base, quant, batch_size)
+        columns, answered_by, failed = _predict_adapter(adapter, frame, text, base, quant, batch_size)
     for name, values in columns.items():
         frame[name] = values
-    return TablePredictions(frame, answered_by)
+    return TablePredictions(frame, answered_by, failed)
 
 
 def write_predictions(result: TablePredictions, output: Path) -> dict[str, Any]:
@@ -71,35 +89,102 @@ def write_predictions(result: TablePredictions, output: Path) -> dict[str, Any]:
     frame = result.frame
     write_table(frame, output)
     summary: dict[str, Any] = {"output": str(output), "rows": len(frame), "answered_by": result.answered_by}
+    if result.failed_rows:
+        summary["rows_with_errors"] = result.failed_rows
     if "prediction" in frame and "prob_" in "".join(frame.columns):
         summary["prediction_counts"] = {str(k): int(v) for k, v in frame["prediction"].value_counts().items()}
     return summary
 
 
-def _predict_adapter(adapter, frame, source, text: TextSpec, base, quant, batch_size):
-    from peftkit.inference.predictor import load_predictor
+def _predict_adapter(adapter, frame, text: TextSpec, base, quant, batch_size):
+    from peftkit.inference.predictor import load_predictor, prediction_columns
 
     model = load_predictor(str(adapter), base=base, quant=quant)
     model.batch_size = batch_size
-    texts = text.texts(frame, model.manifest.config["data"], source)
-    return model.predict_columns(texts), {str(adapter): len(texts)}
+    texts, errors = text.texts(frame, model.manifest.config["data"])
+    good = _answerable(texts, errors)
+    columns = _spread(
+        prediction_columns(model.predict([texts[i] for i in good]), model.labels), good, len(texts)
+    )
+    return _with_errors(columns, errors, "error"), {str(adapter): len(good)}, len(texts) - len(good)
 
 
-def _predict_bank(folder, frame, source, segment_column, segment, text: TextSpec, quant, batch_size):
+def _predict_bank(
+    folder, frame, source, questions, segment_column, segment, text: TextSpec, quant, batch_size
+):
     from peftkit.inference.bank import AdapterBank
 
     bank = AdapterBank.open(folder, quant=quant, batch_size=batch_size)
-    texts = text.texts(frame, bank.bank.config["data"], source)
-    segments = (
-        segment
-        if segment is not None
-        else _segments(frame, segment_column or bank.bank.segment_column, source)
+    if text.given:  # one text for every row, given here: a one-question bank answers it as texts
+        texts, errors = text.texts(frame, bank.bank.config.get("data", {}))
+        good = _answerable(texts, errors)
+        rows = frame.iloc[good]
+        segments = (
+            segment
+            if segment is not None
+            else _segments(rows, segment_column or bank.bank.segment_column, source)
+        )
+        columns = bank.predict_columns([texts[i] for i in good], segments)
+        answered = dict(Counter(columns["adapter"]))
+        return (
+            _with_errors(_spread(columns, good, len(frame)), errors, "error"),
+            answered,
+            len(frame) - len(good),
+        )
+    names = bank.question_names(questions)
+    if segment is None:
+        for name in names:
+            _segments(frame.iloc[:0], segment_column or bank.questions[name].segment_column, source)
+    scores = bank.score(frame, names, segment_column=segment_column, segment=segment)
+    answered = Counter(
+        f"{q}/{s.adapter}" if not bank.single else s.adapter
+        for record in scores
+        for q, s in record.items()
+        if s.error is None
     )
-    columns = bank.predict_columns(texts, segments)
-    return columns, dict(Counter(columns["adapter"]))
+    failed = sum(1 for record in scores if any(s.error for s in record.values()))
+    if not answered:
+        first = next(s for record in scores for s in record.values())
+        raise PeftkitError(f"{source}: no row could be answered; row 1: {first.error}")
+    if bank.single:  # a one-question bank writes the columns it always wrote
+        question = names[0]
+        columns = bank.score_columns(scores, names)
+        renamed = {"prediction": columns.pop(question)}
+        for key, values in columns.items():
+            renamed[key.removeprefix(f"{question}_")] = values
+        return renamed, dict(answered), failed
+    return bank.score_columns(scores, names), dict(answered), failed
+
+
+def _answerable(texts: list, errors: list[RowError | None]) -> list[int]:
+    good = [i for i, e in enumerate(errors) if e is None]
+    if not good:
+        first = next(e for e in errors if e is not None)
+        raise PeftkitError(f"no row could be answered; row 1: {first.message}; {first.fix}")
+    return good
+
+
+def _spread(columns: dict[str, list], rows: list[int], n: int) -> dict[str, list]:
+    """Columns of answers for `rows` as columns of `n` rows, empty where a row has no answer."""
+    out = {}
+    for name, values in columns.items():
+        full: list = [None] * n
+        for i, value in zip(rows, values):
+            full[i] = value
+        out[name] = full
+    return out
+
+
+def _with_errors(columns: dict[str, list], errors: list[RowError | None], name: str) -> dict[str, list]:
+    if any(errors):
+        columns[name] = [None if e is None else f"{e.message}; {e.fix}" for e in errors]
+    return columns
 
 
 def _segments(frame: pd.DataFrame, column: str | None, source: str) -> list[str]:
+    """Each row's segment (an empty cell: "", which the fallback answers); a missing column is an error."""
+    if column is None:
+        return [None] * len(frame)
     if column not in frame.columns:
         raise PeftkitError(
             f"{source}: no segment column {column!r} (columns: {', '.join(map(str, frame.columns[:12]))}); "
