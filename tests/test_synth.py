@@ -14,6 +14,7 @@ from peftkit.config import DataConfig
 from peftkit.data import build_texts, load_splits
 from peftkit.data.files import template_columns
 from peftkit.data.synth import SYNTH_TASKS, synthesize
+from peftkit.data.template import Template
 from peftkit.errors import PeftkitError
 
 COMMON = [
@@ -123,7 +124,7 @@ def test_text_diverse():
 def test_templates_render_every_row(frames):
     for name, frame in frames.items():
         template = SYNTH_TASKS[name].template
-        rendered = [template.format(**row) for row in frame.to_dict("records")]
+        rendered = [Template.parse(template).format.format(**row) for row in frame.to_dict("records")]
         assert all(row["last_query"] in text for row, text in zip(frame.to_dict("records"), rendered))
         assert build_texts(frame, text_column="text", template=template, source="synth") == rendered
 

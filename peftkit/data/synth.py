@@ -44,7 +44,7 @@ NUMERIC = ["tenure_days", "recency_days", "frequency_90d", "monetary_90d", "sess
 TEMPLATE = (
     "{platform}/{device}; tenure {tenure_days}d; last order {recency_days}d ago; orders 90d {frequency_90d}; "
     "spend 90d {monetary_90d}; sessions 30d {sessions_30d}; cart adds 30d {cart_adds_30d}; categories "
-    "{category_mix} | search: {last_query} | chat: {chat} | review: {review}"
+    "{category_mix} | search: {last_query|none} | chat: {chat|none} | review: {review|none}"
 )
 # fmt: off
 _TASKS = [  # name, peftkit task kind, labels in order, what the label means for the business
