@@ -51,7 +51,7 @@ format: setup
 	$(BIN)/ruff check --fix peftkit tests benchmarks
 
 lock: setup             ## re-resolve the lock to the newest versions the ranges and lock/pins.txt allow
-	$(BIN)/uv pip compile -q pyproject.toml --extra dev --extra bench --upgrade $(RESOLVE) -c lock/pins.txt \
+	$(BIN)/uv pip compile -q pyproject.toml --extra dev --extra bench --extra ray --upgrade $(RESOLVE) -c lock/pins.txt \
 		--no-emit-package torch -o $(LOCK)
 	$(BIN)/uv pip compile -q lock/assets.in --no-deps $(RESOLVE) -o $(ASSETS)
 
@@ -61,7 +61,7 @@ lock: setup             ## re-resolve the lock to the newest versions the ranges
 upgrade: setup          ## resolve the newest releases and run the tests against them (the lock is not touched)
 	rm -rf $(UPGRADE) && mkdir -p $(UPGRADE)
 	grep '^torch' lock/pins.txt > $(UPGRADE)/pins.txt
-	$(BIN)/uv pip compile -q pyproject.toml --extra dev --extra bench --upgrade $(RESOLVE) -c $(UPGRADE)/pins.txt \
+	$(BIN)/uv pip compile -q pyproject.toml --extra dev --extra bench --extra ray --upgrade $(RESOLVE) -c $(UPGRADE)/pins.txt \
 		--no-emit-package torch -o $(UPGRADE)/requirements.txt
 	$(PYTHON) -m venv $(UPGRADE)/venv
 	$(UPGRADE)/venv/bin/pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
