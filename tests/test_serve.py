@@ -43,7 +43,8 @@ class Server:
         raise RuntimeError("server did not start in 120 s")
 
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
-        req = urllib.request.Request(self.url + path, data=body, method=method)
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
                 return resp.status, json.loads(resp.read())

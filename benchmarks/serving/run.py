@@ -124,7 +124,10 @@ def serve_load(
                     ).encode()
                     t = time.perf_counter()
                     urllib.request.urlopen(
-                        urllib.request.Request(url + "/v1/predict", data=body), timeout=120
+                        urllib.request.Request(
+                            url + "/v1/predict", data=body, headers={"Content-Type": "application/json"}
+                        ),
+                        timeout=120,
                     ).read()
                     with lock:
                         latencies.append(1000 * (time.perf_counter() - t))

@@ -106,8 +106,13 @@ def read_manifest(folder: str | Path) -> Manifest:
     path = folder / MANIFEST
     if not path.is_file():
         raise PeftkitError(f"{folder} has no {MANIFEST}: not an adapter folder written by peftkit train")
-    data = read_json(path)
-    if isinstance(data, dict) and data.get("format_version", 0) > FORMAT_VERSION:
+    try:
+        data = read_json(path)
+    except UnicodeDecodeError:
+        raise PeftkitError(f"{path} is not UTF-8 text; the adapter folder is damaged") from None
+    if not isinstance(data, dict):
+        raise PeftkitError(f"{path}: a JSON object expected; not a {MANIFEST} written by peftkit")
+    if data.get("format_version", 0) > FORMAT_VERSION:
         raise PeftkitError(
             f"adapter {folder} was written by a newer peftkit (format {data['format_version']}); upgrade"
         )

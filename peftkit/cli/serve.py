@@ -10,7 +10,8 @@ import typer
 from peftkit.cli.common import command
 
 BankOpt = Annotated[
-    Path, typer.Option(help="Adapter bank folder (`peftkit bank build`, or `peftkit train --segment-column`).")
+    Path,
+    typer.Option(help="Adapter bank folder (`peftkit bank build`, or `peftkit train --segment-column`)."),
 ]
 HostOpt = Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 for every interface.")]
 PortOpt = Annotated[int, typer.Option(help="TCP port.")]
@@ -29,6 +30,33 @@ MaxBatchRowsOpt = Annotated[
 BatchWaitMsOpt = Annotated[
     float, typer.Option(help="How long a batch waits for more requests to join it (latency vs throughput).")
 ]
+ApiKeysOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        envvar="PEFTKIT_API_KEYS",
+        help="File of API keys, one 'SCOPE KEY' per line (scopes: score, admin; keys of 16+ characters). Clients "
+        "send 'Authorization: Bearer KEY': scoring needs score or admin, POST /v1/adapters needs admin; "
+        "/healthz stays open. Also from the environment variable PEFTKIT_API_KEYS naming the file.",
+    ),
+]
+NoAuthOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-auth",
+        help="Serve a non-loopback --host without API keys (only behind a gateway that checks them).",
+    ),
+]
+AllowedHostOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--allowed-host",
+        help="A name clients reach the server by, repeatable ('*': any). Other Host headers get 403, which stops "
+        "DNS-rebinding pages. Default: localhost, 127.0.0.1, ::1 and --host itself.",
+    ),
+]
+BodyTimeoutOpt = Annotated[
+    float, typer.Option(help="Seconds to wait for the next piece of a request body before answering 408.")
+]
 
 
 @command
@@ -43,6 +71,10 @@ def serve(
     max_body_kb: MaxBodyKbOpt = 1024,
     max_batch_rows: MaxBatchRowsOpt = 64,
     batch_wait_ms: BatchWaitMsOpt = 2.0,
+    api_keys: ApiKeysOpt = None,
+    no_auth: NoAuthOpt = False,
+    allowed_host: AllowedHostOpt = None,
+    body_timeout_s: BodyTimeoutOpt = 10.0,
 ) -> None:
     """Serve an adapter bank over HTTP: one base model in memory, each request (or each item) answered by its
     segment's adapter. Logs one line per request to stderr.
@@ -56,14 +88,19 @@ def serve(
 
     ```
     peftkit serve --bank banks/reviews --port 8000
-    curl -s localhost:8000/v1/predict -d '{"segment": "hotel", "inputs": ["房间很干净"]}'
+    curl -s localhost:8000/v1/predict --json '{"segment": "hotel", "inputs": ["房间很干净"]}'
     curl -s localhost:8000/v1/predict \\
-        -d '{"items": [{"segment": "book", "input": "纸质很差"}, {"segment": "laptop", "input": "散热很好"}]}'
-    curl -s localhost:8000/v1/score -d '{"records": [{"platform": "app", "orders_90d": 3, "last_query": "耳机"}]}'
+        --json '{"items": [{"segment": "book", "input": "纸质很差"}, {"segment": "laptop", "input": "散热很好"}]}'
+    curl -s localhost:8000/v1/score --json '{"records": [{"platform": "app", "orders_90d": 3, "last_query": "耳机"}]}'
+    peftkit serve --bank banks/shop --host 0.0.0.0 --api-keys keys.txt --allowed-host scoring.internal
+    curl -s scoring.internal:8000/v1/score -H "Authorization: Bearer $KEY" --json '{"records": [...]}'
     ```
+
+    POST bodies must be JSON (`Content-Type: application/json`; curl's `--json` sets it).
     """
     from peftkit.errors import PeftkitError
     from peftkit.inference.bank import AdapterBank
+    from peftkit.inference.http_guard import LOOPBACK_NAMES, Security, host_name, read_api_keys
     from peftkit.inference.serve import ServeLimits, run
 
     if quant not in (None, "none", "8bit"):
@@ -75,11 +112,28 @@ def serve(
     ):
         if value < 1:
             raise PeftkitError(f"{flag} must be at least 1, got {value}")
+    keys = read_api_keys(api_keys) if api_keys is not None else None
+    if keys is None and not no_auth and host_name(host) not in LOOPBACK_NAMES:
+        raise PeftkitError(
+            f"--host {host} listens beyond this machine: give --api-keys FILE (or PEFTKIT_API_KEYS), or say "
+            "--no-auth when a gateway in front checks callers"
+        )
+    if body_timeout_s <= 0:
+        raise PeftkitError(f"--body-timeout-s must be above 0, got {body_timeout_s}")
+    names = set(LOOPBACK_NAMES) | set(allowed_host or [])
+    if host_name(host) not in ("0.0.0.0", "::"):
+        names.add(host_name(host))
+    elif not allowed_host:
+        names.add("*")  # every interface: the names clients use are unknown here; keys guard it instead
+    security = Security(keys, frozenset(n.lower() for n in names), body_timeout_s)
     opened = AdapterBank.open(bank, quant=quant, max_loaded=max_loaded, preload=preload)
+    for name, question in opened.questions.items():
+        for adapter, reason in question.broken.items():
+            typer.echo(f"peftkit: warning: question {name}: adapter {adapter} set aside: {reason}", err=True)
     held = "; ".join(
         f"{name}: {len(q.adapters)} adapters, {len(q.segments)} segments, fallback {q.fallback}"
         for name, q in opened.questions.items()
     )
     typer.echo(f"peftkit: serving bank {bank} ({held}) at http://{host}:{port}", err=True)
     limits = ServeLimits(max_items, max_body_kb * 1024, max_batch_rows, batch_wait_ms)
-    run(opened, host=host, port=port, limits=limits)
+    run(opened, host=host, port=port, limits=limits, security=security)

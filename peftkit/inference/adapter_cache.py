@@ -89,13 +89,16 @@ class AdapterCache:
             gc.collect()
 
     def _load(self, path: Path) -> str:
+        from peftkit.artifacts.adapter_check import loading_errors
+
         adapter_id = f"a{next(self._ids)}"
-        if self.model is None:
-            self.model = self.spec.attach(self._base, path, adapter_id)
-            self.model.eval()
-            self._active = adapter_id
-        else:
-            self.spec.load_adapter(self.model, path, adapter_id)
+        with loading_errors(path, f"the base of {self.owner}"):
+            if self.model is None:
+                self.model = self.spec.attach(self._base, path, adapter_id)
+                self.model.eval()
+                self._active = adapter_id
+            else:
+                self.spec.load_adapter(self.model, path, adapter_id)
         return adapter_id
 
     def _set_active(self, adapter_id: str) -> None:

@@ -63,8 +63,16 @@ class Predictor:
         )
 
     def predict(self, texts: list[str]) -> list[Prediction]:
-        """One `Prediction` per text, in order."""
-        return decode_predictions(self.task, self.labels, self.logits(texts), [self.adapter] * len(texts))
+        """One `Prediction` per text, in order; non-finite head outputs (damaged weights) are an error, never a
+        label."""
+        logits = self.logits(texts)
+        bad = np.flatnonzero(~np.isfinite(logits).all(axis=1)) if len(texts) else []
+        if len(bad):
+            raise PeftkitError(
+                f"adapter {self.adapter!r} gave non-finite outputs for {len(bad)} of {len(texts)} texts (the first: "
+                f"text {bad[0] + 1}); its weights or base are damaged"
+            )
+        return decode_predictions(self.task, self.labels, logits, [self.adapter] * len(texts))
 
     def predict_columns(self, texts: list[str]) -> dict[str, list]:
         """Columns for a predictions file: ``prediction``, one ``prob_<label>`` per class, ``adapter``."""
@@ -151,6 +159,7 @@ def load_predictor(
 ) -> Predictor:
     """Attach a saved adapter to its base; see `peftkit.load`."""
     from peftkit import models
+    from peftkit.artifacts.adapter_check import check_adapter_files, loading_errors
     from peftkit.artifacts.manifest import read_manifest
     from peftkit.methods import METHODS
     from peftkit.models import resolve_adapter_base
@@ -160,6 +169,8 @@ def load_predictor(
     spec = METHODS.get(manifest.method)
     if spec is None:
         raise PeftkitError(f"adapter {folder} uses method {manifest.method!r}, unknown to this peftkit")
+    check_task(manifest, folder)
+    check_adapter_files(folder, manifest)  # before the base loads: a damaged folder costs no model work
     ref = resolve_adapter_base(manifest, folder, base, "base=")
     device = device or models.default_device()
     tokenizer = models.load_tokenizer(ref)
@@ -172,7 +183,8 @@ def load_predictor(
         pad_token_id=tokenizer.pad_token_id,
         pooling=manifest.pooling,  # None in manifests from before pooling was a setting: transformers' own
     )
-    model = spec.attach(model, folder)
+    with loading_errors(folder, ref.name):
+        model = spec.attach(model, folder)
     model.eval()
     return Predictor(
         model,
@@ -183,6 +195,25 @@ def load_predictor(
         adapter=folder.name,
         manifest=manifest,
     )
+
+
+def check_task(manifest: Manifest, folder: Path) -> None:
+    """Refuse a manifest whose task or labels this peftkit cannot decode, naming the folder."""
+    from peftkit.tasks import TASKS
+
+    if manifest.task not in TASKS:
+        raise PeftkitError(
+            f"adapter {folder}: task {manifest.task!r} is unknown to this peftkit (known: {', '.join(TASKS)})"
+        )
+    if manifest.task != "regression" and not manifest.labels:
+        raise PeftkitError(
+            f"adapter {folder}: a {manifest.task} adapter without labels; peftkit.json is damaged"
+        )
+    if manifest.labels and TASKS[manifest.task].num_outputs(manifest.labels) != manifest.num_outputs:
+        raise PeftkitError(
+            f"adapter {folder}: {len(manifest.labels)} labels need {TASKS[manifest.task].num_outputs(manifest.labels)} "
+            f"outputs for {manifest.task}, peftkit.json says {manifest.num_outputs}; peftkit.json is damaged"
+        )
 
 
 def _dtype(value: str | None) -> str | None:

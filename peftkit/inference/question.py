@@ -71,8 +71,19 @@ class Question:
         self.task = TASKS[bank.task]
         self.labels: list[str] | None = bank.labels
         self.tokenizer, self.batch_size, self.max_loaded = tokenizer, batch_size, max_loaded
-        # every adapter is checked now, not at its first request
-        self._manifests = {n: self._checked(self._folder_of(n)) for n in bank.adapters}
+        # Every adapter is checked now, not at its first request. A damaged one is set aside with its reason: the
+        # others still answer, and the rows routed to it get that reason as their error.
+        self._manifests: dict[str, Manifest] = {}
+        self.broken: dict[str, str] = {}
+        for n in bank.adapters:
+            try:
+                self._manifests[n] = self._checked(self._folder_of(n))
+            except PeftkitError as exc:
+                self.broken[n] = str(exc)
+        if self.broken and not self._manifests:
+            raise PeftkitError(
+                f"bank {folder}: every adapter is damaged; the first: {next(iter(self.broken.values()))}"
+            )
         self._cache = AdapterCache(
             self.spec, model, max_loaded=max_loaded, folder_of=self._folder_of, owner=f"bank {folder}"
         )
@@ -147,6 +158,8 @@ class Question:
                     "metrics": self._manifests[name].metrics,
                     "train_rows": self._manifests[name].data.train_rows,
                 }
+                if name not in self.broken
+                else {"path": entry.path, "loaded": False, "damaged": self.broken[name]}
                 for name, entry in self.adapters.items()
             },
             "segment_evaluation": self.bank.segment_evaluation or {},
@@ -161,6 +174,12 @@ class Question:
         errors: list[RowError | None] = [None] * len(records)
         for name in dict.fromkeys(adapters):
             rows = [i for i, a in enumerate(adapters) if a == name]
+            if name in self.broken:
+                for i in rows:
+                    errors[i] = RowError(
+                        f"adapter {name!r} is damaged: {self.broken[name]}", "repair or remove it"
+                    )
+                continue
             data = self._manifests[name].config.get("data", {})
             got, bad = texts_or_errors(
                 [records[i] for i in rows],
@@ -181,6 +200,11 @@ class Question:
         unknown = sorted(set(adapter_names) - set(self.adapters))
         if unknown:
             raise UnknownSegmentError(f"no adapter named {', '.join(unknown)} in bank {self.folder}")
+        damaged = [n for n in dict.fromkeys(adapter_names) if n in self.broken]
+        if damaged:
+            raise PeftkitError(
+                f"adapter {damaged[0]!r} of bank {self.folder} is damaged: {self.broken[damaged[0]]}"
+            )
         with self.lock:
             return self._logits_by_adapter(texts, adapter_names, out)
 
@@ -250,9 +274,13 @@ class Question:
         self._cache.activate(name)
 
     def preload(self) -> None:
-        """Load adapters now, up to ``max_loaded``, instead of on first use."""
-        for name in list(self.adapters)[: self.max_loaded]:
-            self._cache.ensure([name])
+        """Load adapters now, up to ``max_loaded``, instead of on first use; one that fails to load is set aside as
+        damaged."""
+        for name in [n for n in self.adapters if n not in self.broken][: self.max_loaded]:
+            try:
+                self._cache.ensure([name])
+            except PeftkitError as exc:
+                self.broken[name] = str(exc)
 
     def close(self) -> None:
         self._cache.close()
@@ -292,9 +320,10 @@ class Question:
                 raise PeftkitError(f"bank {self.folder} has no adapter named {name!r}")
             self._cache.drop(name)
             del self.adapters[name]
-            del self._manifests[name]
+            self._manifests.pop(name, None)
             for segment in [s for s, a in self.segments.items() if a == name]:
                 del self.segments[segment]
+            self.broken.pop(name, None)
             if persist:
                 self.bank.write(self.folder)
 
@@ -303,9 +332,14 @@ class Question:
         return path if path.is_absolute() else self.folder / path
 
     def _checked(self, folder: Path) -> Manifest:
-        """The manifest of the adapter at `folder`, refused unless it fits the question."""
+        """The manifest of the adapter at `folder`, refused unless it fits the question and its files are sound."""
+        from peftkit.artifacts.adapter_check import check_adapter_files
+        from peftkit.inference.predictor import check_task
+
         manifest = read_manifest(folder)
         self.bank.check_compatible(manifest, folder)
+        check_task(manifest, folder)
+        check_adapter_files(folder, manifest)
         return manifest
 
 

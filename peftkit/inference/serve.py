@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
+import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,14 +34,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from starlette.datastructures import Headers
 
 from peftkit.errors import PeftkitError
 from peftkit.inference.bank import AdapterBank, Score, Unit, UnknownSegmentError
 from peftkit.inference.batcher import RequestBatcher
+from peftkit.inference.http_guard import Guard, Security
 from peftkit.inference.predictor import Prediction
 
 log = logging.getLogger("peftkit.inference.serve")
+MAX_JSON_DEPTH = 32  # records are flat objects; deeper nesting is only ever an attack on the parser
 
 
 class Item(BaseModel):
@@ -112,24 +113,34 @@ class ServeLimits:
 
 
 class _JSONBody(Request):
-    """A request whose body is read as JSON whatever its Content-Type (``curl -d`` sends form-urlencoded)."""
-
-    @property
-    def headers(self) -> Headers:
-        raw = [(k, v) for k, v in self.scope["headers"] if k.lower() != b"content-type"]
-        return Headers(raw=[*raw, (b"content-type", b"application/json")])
+    """A request whose JSON body is parsed with bounds: nesting depth, number sizes and encoding problems are 422,
+    never a 500 (`http_guard.Guard` has already checked the content type and the size)."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
+            raw = await self.body()
+            if _depth(raw) > MAX_JSON_DEPTH:
+                raise HTTPException(422, f"body is nested deeper than {MAX_JSON_DEPTH} levels")
             try:
-                self._json = json.loads(await self.body())
+                self._json = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise HTTPException(422, f"body is not valid JSON: {exc}") from None
+            except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4,300 digits
+                raise HTTPException(422, f"body is not acceptable JSON: {str(exc)[:120]}") from None
         return self._json
 
 
+def _depth(raw: bytes) -> int:
+    """How deeply `raw`'s JSON arrays and objects nest (strings skipped), without parsing it."""
+    deepest = depth = 0
+    for bracket in re.findall(rb"[\[\]{}]", re.sub(rb'"(?:[^"\\]|\\.)*"', b"", raw)):
+        depth += 1 if bracket in (b"[", b"{") else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 class JSONBodyRoute(APIRoute):
-    """A route whose pydantic body is parsed from JSON whatever the Content-Type; an empty body is not JSON."""
+    """A route whose pydantic body is parsed by `_JSONBody`; an empty body is not JSON."""
 
     def get_route_handler(self):
         handle = super().get_route_handler()
@@ -223,6 +234,8 @@ async def add_adapter(body: AddAdapterRequest, request: Request, bank: Bank) -> 
         question = bank.question(body.question)
     except PeftkitError as exc:
         raise HTTPException(422, str(exc)) from None
+    if "\x00" in body.path or "\x00" in body.name:
+        raise HTTPException(422, "path and name may not hold a NUL character")
     root = bank.folder.resolve()
     folder = (root / body.path).resolve()
     if Path(body.path).is_absolute() or not folder.is_relative_to(root):
@@ -248,8 +261,11 @@ async def healthz(bank: Bank, batcher: Batcher) -> dict[str, Any]:
     return {"status": "ok", "adapters": adapters, "loaded": bank.loaded, "batches": batcher.batches}
 
 
-def create_app(bank: AdapterBank, limits: ServeLimits | None = None) -> FastAPI:
-    """The FastAPI app serving `bank`; `peftkit serve` runs it with uvicorn."""
+def create_app(
+    bank: AdapterBank, limits: ServeLimits | None = None, security: Security | None = None
+) -> FastAPI:
+    """The FastAPI app serving `bank`; `peftkit serve` runs it with uvicorn. `security`: who may call it (default:
+    no keys, loopback host names only)."""
     app = FastAPI(
         title="peftkit",
         summary=f"adapter bank {bank.folder}: "
@@ -262,7 +278,9 @@ def create_app(bank: AdapterBank, limits: ServeLimits | None = None) -> FastAPI:
         max_batch_rows=app.state.limits.max_batch_rows,
         batch_wait_ms=app.state.limits.batch_wait_ms,
     )
-    app.middleware("http")(_limit_and_log)
+    app.add_middleware(
+        Guard, max_body_bytes=app.state.limits.max_body_bytes, security=security or Security(), log=log
+    )
     app.add_exception_handler(RequestValidationError, _invalid_body)
     app.add_exception_handler(UnknownSegmentError, _unknown_segment)
     app.include_router(router)
@@ -274,25 +292,6 @@ async def _lifespan(app: FastAPI):
     app.state.batcher.start()
     yield
     await app.state.batcher.stop()
-
-
-async def _limit_and_log(request: Request, call_next) -> Response:
-    """Refuse bodies of unknown or too large size before reading them; log one line per request."""
-    started = time.perf_counter()
-    request.state.log = {}
-    limit = request.app.state.limits.max_body_bytes
-    size = request.headers.get("content-length")
-    if request.method == "POST" and not (size or "").isdigit():
-        # The size limit is checked before the body is read: a body of unknown length could be any size.
-        response = _error(411, "send a Content-Length header with the request body")
-    elif size is not None and size.isdigit() and int(size) > limit:
-        response = _error(413, f"request body is {int(size):,} bytes; the limit is {limit:,}")
-    else:
-        response = await call_next(request)
-    extra = " ".join(f"{k}={v}" for k, v in request.state.log.items())
-    elapsed_ms = 1000 * (time.perf_counter() - started)
-    log.info("%s %s %d %.1fms %s", request.method, request.url.path, response.status_code, elapsed_ms, extra)
-    return response
 
 
 async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -353,7 +352,15 @@ def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": detail, **extra})
 
 
-def run(bank: AdapterBank, *, host: str, port: int, limits: ServeLimits, log_level: str = "info") -> None:
+def run(
+    bank: AdapterBank,
+    *,
+    host: str,
+    port: int,
+    limits: ServeLimits,
+    security: Security | None = None,
+    log_level: str = "info",
+) -> None:
     """Serve until interrupted."""
     import uvicorn
 
@@ -362,4 +369,12 @@ def run(bank: AdapterBank, *, host: str, port: int, limits: ServeLimits, log_lev
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False  # one line per request, with a timestamp, not twice
-    uvicorn.run(create_app(bank, limits), host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(
+        create_app(bank, limits, security),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        timeout_keep_alive=5,  # an idle connection is closed after 5 s
+        h11_max_incomplete_event_size=16 * 1024,  # request line and headers: at most 16 KiB
+    )
