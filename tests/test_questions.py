@@ -1,7 +1,7 @@
-"""Banks of questions over one base, scored from raw records: three questions of different tasks and methods (an
+"""Banks of questions over one base, scored from raw records: four questions of different tasks and methods (an
 ordinal LoRA adapter read through a template with a default, a classification bottleneck adapter, a prefix
-one-question bank with segments) answer every record exactly as each question's own adapter does, share one copy of
-the base weights, and give per-record errors instead of failing a file."""
+one-question bank with segments, an AdaLoRA adapter) answer every record exactly as each question's own adapter does,
+share one copy of the base weights, and give per-record errors instead of failing a file."""
 
 from __future__ import annotations
 
@@ -91,8 +91,20 @@ def shop(tiny_models, tmp_path_factory) -> dict[str, Path]:
         ),
         progress=False,
     ).output
-    bank = build_questions(root / "shop", {"intent": intent, "churn": churn, "tone": tone})
-    return {"intent": intent, "churn": churn, "tone": tone, "bank": bank, "root": root}
+    power = train(
+        load_config(
+            None,
+            {
+                **common,
+                "data.template": INTENT_TEMPLATE,
+                "method.name": "adalora",
+                "output": str(root / "power"),
+            },
+        ),
+        progress=False,
+    ).output
+    bank = build_questions(root / "shop", {"intent": intent, "churn": churn, "tone": tone, "power": power})
+    return {"intent": intent, "churn": churn, "tone": tone, "power": power, "bank": bank, "root": root}
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +176,8 @@ def test_questions_share_one_copy_of_the_base_weights(opened):
     pointers = {p.data_ptr() for p in embeddings.values()}
     assert len(pointers) == 1, "each question holds its own copy of the base"
     heads = {name: opened.questions[name].bank.num_outputs for name in models}
-    assert heads == {"intent": 2, "churn": 2, "tone": 3}  # ordinal: K-1 outputs
-    assert {q.bank.method for q in opened.questions.values()} == {"lora", "bottleneck", "prefix"}
+    assert heads == {"intent": 2, "churn": 2, "tone": 3, "power": 3}  # ordinal: K-1 outputs
+    assert {q.bank.method for q in opened.questions.values()} == {"lora", "bottleneck", "prefix", "adalora"}
 
 
 def test_score_equals_each_questions_own_adapter(shop, opened):
@@ -175,6 +187,7 @@ def test_score_equals_each_questions_own_adapter(shop, opened):
     for name, folder, texts in (
         ("intent", shop["intent"], intent_texts),
         ("churn", shop["churn"], churn_texts),
+        ("power", shop["power"], intent_texts),
     ):
         alone = peftkit.load(str(folder)).predict(texts)
         for record, want in zip(scores, alone):
@@ -213,9 +226,9 @@ def test_a_record_missing_a_required_field_gets_its_own_error(opened):
 
 
 def test_unknown_questions_are_named(opened):
-    with pytest.raises(PeftkitError, match=r"no question 'nope'.*intent, churn, tone"):
+    with pytest.raises(PeftkitError, match=r"no question 'nope'.*intent, churn, tone, power"):
         opened.score(RECORDS[:1], ["nope"])
-    with pytest.raises(PeftkitError, match="answers 3 questions"):
+    with pytest.raises(PeftkitError, match="answers 4 questions"):
         opened.predict(["x"])
 
 
@@ -246,10 +259,15 @@ def test_add_and_remove_a_question(shop, tmp_path):
 
     bank = shutil.copytree(shop["bank"], tmp_path / "shop")
     add_question(bank, "intent2", shop["intent"])
-    assert set(AdapterBank.open(bank).questions) == {"intent", "churn", "tone", "intent2"}
+    assert set(AdapterBank.open(bank).questions) == {"intent", "churn", "tone", "power", "intent2"}
     remove_question(bank, "intent2")
     assert not (bank / "intent2").exists()
-    assert set(json.loads((bank / "bank.json").read_text())["questions"]) == {"intent", "churn", "tone"}
+    assert set(json.loads((bank / "bank.json").read_text())["questions"]) == {
+        "intent",
+        "churn",
+        "tone",
+        "power",
+    }
     with pytest.raises(PeftkitError, match="one-question bank"):
         add_question(shop["tone"], "x", shop["intent"])
 
@@ -381,12 +399,12 @@ def test_http_score_errors_are_per_record_and_422_only_when_all_fail(server):
 
 def test_http_predict_names_the_question(server, opened):
     status, body = server.post("/v1/predict", {"inputs": ["buy now"]})
-    assert status == 422 and "answers 3 questions" in body["detail"]
+    assert status == 422 and "answers 4 questions" in body["detail"]
     status, body = server.post("/v1/predict", {"question": "tone", "segment": "app", "inputs": ["buy now"]})
     assert status == 200
     assert body["predictions"][0]["label"] == opened.predict(["buy now"], "app", question="tone")[0].label
     described = server.get("/v1/adapters")
-    assert set(described["questions"]) == {"intent", "churn", "tone"}
+    assert set(described["questions"]) == {"intent", "churn", "tone", "power"}
 
 
 def test_a_bad_request_never_fails_its_batch_mates(server, opened):
