@@ -65,6 +65,12 @@ class DataConfig(_Strict):
         "is a different entity whose text serialises its fields (one row per customer), so equal texts are "
         "different customers",
     )
+    mask_pii: bool = Field(
+        True,
+        description="replace phone numbers, e-mail addresses, ID-card and bank-card numbers (Chinese and "
+        "international formats, checksums checked) by [PHONE]/[EMAIL]/[ID]/[CARD] before training; scoring masks "
+        "the same way for this adapter; counts in the manifest (docs/privacy.md)",
+    )
 
 
 class ModelConfig(_Strict):

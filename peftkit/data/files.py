@@ -13,8 +13,11 @@ not ``3.0`` because some other row is empty). Only an empty cell is missing. JSO
 from __future__ import annotations
 
 import codecs
+import csv
 import io
 import json
+import unicodedata
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,8 @@ from typing import Any
 
 import pandas as pd
 
-from peftkit.artifacts.io import atomic_path
+from peftkit.artifacts.io import atomic_path, check_writable_path
+from peftkit.data.privacy import mask_text
 from peftkit.data.template import MissingField, Template
 from peftkit.errors import PeftkitError
 
@@ -137,6 +141,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
     frame = _load(file, kind)
     if frame.empty:  # no rows, or only empty objects ({} lines)
         raise PeftkitError(f"data file {file} has no rows; add at least one data row")
+    repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    if repeated:  # Parquet can store two columns of one name; a lookup would silently take the first
+        raise PeftkitError(
+            f"data file {file} has column(s) {short_list(repeated)} more than once; give every column its own name"
+        )
     return frame.reset_index(drop=True)
 
 
@@ -154,11 +163,41 @@ def _load(file: Path, kind: str) -> pd.DataFrame:
 
 def _read_csv(file: Path) -> pd.DataFrame:
     """Every cell as written, a string (see the module docstring for why)."""
+    _check_csv_shape(file)
     # pandas would otherwise turn the words NA, NULL, None, nan... into missing values: only "" is missing.
-    frame = pd.read_csv(file, dtype=str, keep_default_na=False, na_values=[""])
+    # index_col=False: a row with one field too many must never turn the first column into the index.
+    frame = pd.read_csv(file, dtype=str, keep_default_na=False, na_values=[""], index_col=False)
     if frame.columns.empty:
         raise PeftkitError(f"data file {file} has no header row; the first line must name the columns")
     return frame
+
+
+def _check_csv_shape(file: Path) -> None:
+    """Refuse a header that names a column twice, and any row whose field count differs from the header's.
+
+    pandas reads a first data row with one field too many as "the first column is the index" and shifts every
+    column (120 rows became 3, with the labels in the text column); a row with too few fields silently gets empty
+    cells; a repeated name becomes ``text.1``. The csv module sees the rows as written (quoted newlines included).
+    """
+    with file.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise PeftkitError(
+                f"data file {file}: the header names column(s) {short_list(repeated)} more than once; "
+                "give every column its own name"
+            )
+        row = 0
+        for fields in reader:
+            if not fields:  # a blank line: pandas skips it too
+                continue
+            row += 1
+            if len(fields) != len(header):
+                raise PeftkitError(
+                    f"data file {file} could not be read as CSV: Expected {len(header)} fields in data row {row} "
+                    f"(line {reader.line_num}), saw {len(fields)}; fix that row (quote a cell holding a comma)"
+                )
 
 
 def _read_json(file: Path) -> pd.DataFrame:
@@ -225,7 +264,15 @@ def _reason(exc: BaseException) -> str:
 # --- rows -> texts ------------------------------------------------------------------------------------------------
 
 
-def build_texts(frame: pd.DataFrame, *, text_column: str, template: str | None, source: str) -> list[str]:
+def build_texts(
+    frame: pd.DataFrame,
+    *,
+    text_column: str,
+    template: str | None,
+    source: str,
+    mask_pii: bool = False,
+    pii_counts: Counter | None = None,
+) -> list[str]:
     """Build one text per row, from `text_column`, or from `template` when it is given; every row must have one.
 
     Args:
@@ -236,6 +283,9 @@ def build_texts(frame: pd.DataFrame, *, text_column: str, template: str | None, 
             format spec like ``{price:.2f}`` works on CSV cells that hold numbers, and ``|default`` says what an
             empty cell renders as.
         source: file name used in error messages.
+        mask_pii: replace phone numbers, e-mail addresses, ID-card and bank-card numbers by placeholders
+            (`peftkit.data.privacy`), as scoring does with the same switch.
+        pii_counts: when given, each replacement is counted into it by kind.
 
     Returns:
         The texts, stripped of surrounding whitespace.
@@ -253,7 +303,9 @@ def build_texts(frame: pd.DataFrame, *, text_column: str, template: str | None, 
                 )
     else:
         require_column(frame, text_column, source, "--text-column")
-    texts, errors = texts_or_errors(frame, text_column=text_column, template=template)
+    texts, errors = texts_or_errors(
+        frame, text_column=text_column, template=template, mask_pii=mask_pii, pii_counts=pii_counts
+    )
     failed = [row for row, error in enumerate(errors, 1) if error is not None]
     if failed:
         first = errors[failed[0] - 1]
@@ -272,12 +324,23 @@ class RowError:
 
 
 def texts_or_errors(
-    rows: pd.DataFrame | list[dict[str, Any]], *, text_column: str, template: str | None
+    rows: pd.DataFrame | list[dict[str, Any]],
+    *,
+    text_column: str,
+    template: str | None,
+    mask_pii: bool = False,
+    pii_counts: Counter | None = None,
 ) -> tuple[list[str | None], list[RowError | None]]:
     """One text per row, or that row's error: what scoring uses, so one bad record never stops the others.
 
     A template field whose column is absent counts as empty in every row (its default, or an error per row); a
-    text column that is absent, empty or blank is an error per row.
+    text column that is absent, empty or blank (whitespace and invisible characters only, `is_blank`) is an error
+    per row. Training builds its texts through here too, so both sides treat a row alike.
+
+    Args:
+        mask_pii: mask personal data (`peftkit.data.privacy.mask_text`) in every text. Scoring passes the
+            adapter's saved ``config["data"].get("mask_pii", False)``: what the adapter was trained with.
+        pii_counts: when given, each replacement is counted into it by kind.
 
     Returns:
         (texts, errors): for row ``i`` either ``texts[i]`` (stripped) or ``errors[i]`` is set.
@@ -286,8 +349,11 @@ def texts_or_errors(
     texts: list[str | None] = []
     errors: list[RowError | None] = []
     parsed = Template.parse(template) if template is not None else None
+    counts = pii_counts if pii_counts is not None else Counter()
     for record in records:
         text, error = _row_text(record, text_column, parsed)
+        if mask_pii and text is not None:
+            text = mask_text(text, counts)
         texts.append(text)
         errors.append(error)
     return texts, errors
@@ -299,7 +365,7 @@ def _row_text(record: dict[str, Any], text_column: str, template: Template | Non
         if text_column not in record:
             return None, RowError(f"no column {text_column!r}", "add it or name the text with --text-column")
         text = cell_text(value).strip()
-        if not text:
+        if is_blank(text):
             return None, RowError(f"empty text in column {text_column!r}", "fill or remove such rows")
         return text, None
     try:
@@ -311,7 +377,7 @@ def _row_text(record: dict[str, Any], text_column: str, template: Template | Non
         )
     except PeftkitError as exc:
         return None, RowError(str(exc), "fix the template or the value")
-    if not text:
+    if is_blank(text):
         return None, RowError("empty text in --template", "fill or remove such rows")
     return text, None
 
@@ -346,6 +412,19 @@ def cell_text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+# Characters that show nothing although Unicode does not call them format characters (category Cf holds the
+# zero-width space, joiners, the BOM, the soft hyphen and the direction marks).
+_BLANK_LOOKALIKES = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def is_blank(text: str) -> bool:
+    """True when `text` shows nothing: only whitespace, format characters (zero-width spaces and joiners, BOM,
+    direction marks), control characters or blank look-alikes. Such a text is empty for training and scoring."""
+    return all(
+        ch.isspace() or ch in _BLANK_LOOKALIKES or unicodedata.category(ch) in ("Cf", "Cc") for ch in text
+    )
+
+
 def short_list(items: list[Any], limit: int = 12) -> str:
     """A list for a one-line message, cut after `limit` items."""
     shown = ", ".join(str(item) for item in items[:limit])
@@ -355,10 +434,21 @@ def short_list(items: list[Any], limit: int = 12) -> str:
 _WRITERS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
-def check_writable(path: Path) -> None:
-    """Refuse an output path whose format peftkit cannot write, before any work is done."""
-    if Path(path).suffix.lower() not in _WRITERS:
+def check_writable(path: Path, *, overwrite: bool = True) -> None:
+    """Refuse, before any work is done, an output path whose format peftkit cannot write, that cannot be written
+    (under a file, a folder, a read-only place), or, without `overwrite`, that already holds a file.
+
+    Raises:
+        PeftkitError: naming ``--output`` and what to do.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in _WRITERS:
         raise PeftkitError(f"--output {path}: unknown format; use one of {', '.join(_WRITERS)}")
+    check_writable_path(path, folder=False)
+    if not overwrite and path.exists():
+        raise PeftkitError(
+            f"--output {path} already exists; pass --overwrite to replace it or choose another --output"
+        )
 
 
 def write_table(frame: pd.DataFrame, path: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -26,11 +27,13 @@ from peftkit.config import Task
 from peftkit.data.files import (
     build_texts,
     cell_text,
+    is_blank,
     read_table,
     require_column,
     short_list,
     template_columns,
 )
+from peftkit.data.privacy import empty_counts
 from peftkit.errors import PeftkitError
 
 if TYPE_CHECKING:  # the config module imports torch through the method table; this one stays light
@@ -160,6 +163,30 @@ def _check_eval_labels(train: _Part, held: _Part, order: list[str] | None) -> No
         )
 
 
+def check_every_class_trains(splits: Splits) -> None:
+    """Fail when a class has no training row (a 2-3 row file, a grouped split, a small ``max_train_rows``): its head
+    output would never train, and a held-out row of it would be scored against an untrained class. Training calls
+    this; `load_splits` itself still returns such splits, with the counts in ``stats["label_counts"]``.
+
+    Raises:
+        PeftkitError: naming the file, the labels left out and each label's train/eval counts.
+    """
+    if not splits.labels:
+        return
+    counts = splits.stats.get("label_counts", {})
+    missing = [label for label in splits.labels if not counts.get("train", {}).get(label)]
+    if missing:
+        table = ", ".join(
+            f"{label}: {counts['train'].get(label, 0)} train / {counts['eval'].get(label, 0)} eval"
+            for label in splits.labels
+        )
+        source = splits.stats.get("sources", {}).get("train", "the training data")
+        raise PeftkitError(
+            f"{source}: no training row left for label(s) {short_list(missing)} after the split ({table}); "
+            "add rows of those labels, give an --eval file, or raise data.max_train_rows"
+        )
+
+
 def _split(train: _Part, data: DataConfig, task: str, seed: int, stats: dict) -> tuple[_Part, _Part]:
     """Hold out ``data.eval_fraction`` of train (whole groups, or stratified where possible); says how in `stats`."""
     by = f", whole {data.group_column!r} groups" if data.group_column is not None else ""
@@ -197,7 +224,19 @@ def _encode_labels(train: _Part, held: _Part, order: list[str] | None, stats: di
 def _read_part(path: str, data: DataConfig, task: str, side: str, stats: dict) -> tuple[_Part, dict]:
     """Read one file into texts and labels, validate them, and deduplicate; counts go into `stats`."""
     frame = read_table(path)
-    texts = build_texts(frame, text_column=data.text_column, template=data.template, source=path)
+    masked: Counter = Counter()
+    texts = build_texts(
+        frame,
+        text_column=data.text_column,
+        template=data.template,
+        source=path,
+        mask_pii=data.mask_pii,
+        pii_counts=masked,
+    )
+    if data.mask_pii:  # counted over the rows read, before deduplication
+        stats.setdefault("pii_masked", {"train": empty_counts(), "eval": empty_counts()})[side] = (
+            empty_counts() | dict(masked)
+        )
     require_column(frame, data.label_column, path, "--label-column")
     if data.group_column is not None:
         require_column(frame, data.group_column, path, "data.group_column")
@@ -210,7 +249,7 @@ def _read_part(path: str, data: DataConfig, task: str, side: str, stats: dict) -
                 "row(s)); fill them (a row alone can have a value of its own) or remove data.group_column"
             )
     labels = [cell_text(value).strip() for value in frame[data.label_column].tolist()]
-    missing = [row for row, label in enumerate(labels, 1) if not label]
+    missing = [row for row, label in enumerate(labels, 1) if is_blank(label)]
     if missing:
         raise PeftkitError(
             f"{path} row {missing[0]}: missing label in column {data.label_column!r} "
@@ -287,7 +326,27 @@ def _pick(part: _Part, n_keep: int, task: str, seed: int) -> tuple[np.ndarray, n
     keep, rest = train_test_split(
         np.arange(n), train_size=n_keep, random_state=seed, stratify=part.labels if stratify else None
     )
+    if counts is not None and not stratify:
+        keep, rest = _cover_classes(part.labels, keep, rest)
     return keep, rest, stratify
+
+
+def _cover_classes(labels: list, keep: np.ndarray, rest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Swap rows so that `keep` has a row of every class where it can: for each class with no row kept, one of its
+    rows comes in and a row of the most repeated kept class goes out (a random split of a tiny file can leave a
+    class out of training entirely). Where `keep` has too few rows, `_check_every_class_trains` says so."""
+    keep, rest = list(keep), list(rest)
+    for label in dict.fromkeys(labels[i] for i in rest):
+        kept = [labels[i] for i in keep]
+        if label in kept:
+            continue
+        spare = max(set(kept), key=kept.count, default=None)
+        if spare is None or kept.count(spare) < 2:
+            break
+        out = next(i for i in reversed(keep) if labels[i] == spare)
+        into = next(i for i in rest if labels[i] == label)
+        keep[keep.index(out)], rest[rest.index(into)] = into, out
+    return np.asarray(keep, dtype=int), np.asarray(rest, dtype=int)
 
 
 def _groups(part: _Part, data: DataConfig) -> list[str]:
