@@ -5,15 +5,17 @@ checkpoints. Everything else (accumulation, mixed precision, checkpoint rotation
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from peftkit.artifacts.names import WEIGHTS
 from peftkit.config import RunConfig
 from peftkit.errors import NonFiniteLossError, PeftkitError
-from peftkit.training.plan import Plan
+from peftkit.training.plan import SELECTION_STATE, SELECTION_WEIGHTS, Plan
 
 
 def training_arguments(
@@ -90,8 +92,12 @@ def count_tokens(counts: dict[str, int], batch) -> None:
     counts["padded_tokens"] += batch["input_ids"].numel()
 
 
-def make_trainer(model, args, dataset, tokenizer, task, spec, callbacks, head_params=(), head_lr=None):
-    """peftkit's Trainer for `model`; `head_params` train at `head_lr` (default: the adapter's rate)."""
+def make_trainer(
+    model, args, dataset, tokenizer, task, spec, callbacks, head_params=(), head_lr=None, keep_best=None
+):
+    """peftkit's Trainer for `model`; `head_params` train at `head_lr` (default: the adapter's rate); `keep_best`
+    (a `peftkit.selection.KeepBest` among `callbacks`) has its state saved in every checkpoint and restored on
+    resume."""
     return PeftkitTrainer(
         model=model,
         args=args,
@@ -102,7 +108,30 @@ def make_trainer(model, args, dataset, tokenizer, task, spec, callbacks, head_pa
         spec=spec,
         head_params=head_params,
         head_lr=head_lr,
+        keep_best=keep_best,
     )
+
+
+class EpochSeededLengthSampler(LengthGroupedSampler):
+    """transformers' length-grouped order, drawn from a generator seeded by (seed, epoch) instead of the global RNG.
+
+    Trainer's own sampler draws each epoch's order from the global torch RNG when the epoch's iterator starts; on a
+    resume in the middle of an epoch that RNG has not been restored yet, so the resumed epoch saw other batches than
+    the uninterrupted run (weights 0.04-0.05 apart). Here each epoch's order is a function of the seed and the epoch
+    alone, the same in a fresh run, a resumed one and on every DDP rank; nothing needs saving in the checkpoint.
+    Trainer (through accelerate's ``DataLoaderShard.set_epoch``) sets the epoch before each epoch's iterator.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch)) & (2**63 - 1))
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
 def _pad_without_length(pad, features: list[dict]) -> dict:
@@ -117,11 +146,22 @@ class PeftkitTrainer(Trainer):
     ``token_counts``: real and padded tokens of the batches this process trained on (`count_tokens`).
     """
 
-    def __init__(self, *, task, spec, head_params=(), head_lr: float | None = None, **trainer_kwargs):
+    def __init__(
+        self, *, task, spec, head_params=(), head_lr: float | None = None, keep_best=None, **trainer_kwargs
+    ):
         super().__init__(**trainer_kwargs)
         self.task_spec, self.method_spec = task, spec
         self.head_params, self.head_lr = list(head_params), head_lr
+        self.keep_best = keep_best
         self.token_counts = {"real_tokens": 0, "padded_tokens": 0}
+
+    # Private override: transformers 5.23 has no public hook to choose the training sampler.
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or "length" not in dataset.column_names:
+            return super()._get_train_sampler(train_dataset)
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return EpochSeededLengthSampler(batch, list(dataset["length"]), self.args.seed)
 
     def create_optimizer(self, model=None):
         # Trainer's optimizer (its class, decay groups, fused kernels), with the head's parameters moved to groups of
@@ -152,12 +192,17 @@ class PeftkitTrainer(Trainer):
         In place of Trainer's save, whose other branches (XLA, SageMaker, FSDP, DeepSpeed, Hub push) peftkit never
         takes."""
         model = self.accelerator.unwrap_model(self.model)
-        self.method_spec.save(model, Path(output_dir or self.args.output_dir))
+        folder = Path(output_dir or self.args.output_dir)
+        self.method_spec.save(model, folder)
+        if _internal_call and self.keep_best is not None:  # a checkpoint: the selection so far goes with it
+            save_selection(self.keep_best, self.state, folder)
 
     # Private override: transformers 5.23 has no public hook to load a checkpoint's weights on resume.
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         from peft import PeftModel
 
+        if self.keep_best is not None:
+            load_selection(self.keep_best, Path(resume_from_checkpoint))
         target = self.accelerator.unwrap_model(model or self.model)
         if isinstance(target, PeftModel):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -185,3 +230,44 @@ def _move_to_own_groups(optimizer, moved_ids: set[int], lr: float) -> None:
                 {**{k: v for k, v in group.items() if k != "params"}, "params": moved, "lr": lr}
             )
     optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+
+
+def save_selection(keep_best, state, folder: Path) -> None:
+    """Write `keep_best`'s evaluations and best weights into the checkpoint `folder`, so a resumed run chooses the
+    same epoch as an uninterrupted one.
+
+    Trainer saves the last step of an epoch before its epoch-end callbacks run: that epoch is evaluated here first
+    (`KeepBest` skips a step it has already evaluated), else a run resumed from this checkpoint would never score it.
+    Evaluation draws no random numbers, so the uninterrupted run is unchanged.
+    """
+    from safetensors.torch import save_file
+
+    if state.epoch and float(state.epoch).is_integer():
+        keep_best._consider(state)
+    if not state.is_world_process_zero:
+        return
+    if keep_best.best_state is not None:
+        save_file(
+            {n: t.detach().cpu().contiguous() for n, t in keep_best.best_state.items()},
+            folder / SELECTION_WEIGHTS,
+        )
+    record = {"history": keep_best.history, "best": keep_best.best, "best_step": keep_best.best_step}
+    (folder / SELECTION_STATE).write_text(json.dumps(record), encoding="utf-8")
+
+
+def load_selection(keep_best, folder: Path) -> None:
+    """Restore what `save_selection` wrote into `keep_best` (a checkpoint without it restores nothing)."""
+    from safetensors.torch import load_file
+
+    if not (folder / SELECTION_STATE).is_file():
+        return
+    record = json.loads((folder / SELECTION_STATE).read_text(encoding="utf-8"))
+    keep_best.history = record["history"]
+    keep_best.best = tuple(record["best"]) if record["best"] is not None else None
+    keep_best.best_step = record["best_step"]
+    if (folder / SELECTION_WEIGHTS).is_file():
+        params = dict(keep_best.model.named_parameters())
+        keep_best.best_state = {
+            n: t.to(device=params[n].device, dtype=params[n].dtype)
+            for n, t in load_file(str(folder / SELECTION_WEIGHTS)).items()
+        }

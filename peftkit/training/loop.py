@@ -9,6 +9,7 @@ peftkit adds its task losses, method hooks (AdaLoRA's rank allocation, as callba
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -17,18 +18,21 @@ from typing import Any
 
 from peftkit import models
 from peftkit.artifacts.adapter_folder import check_output, write_adapter_folder
+from peftkit.artifacts.io import check_writable_path, output_lock, write_failure
 from peftkit.artifacts.manifest import FORMAT_VERSION, Manifest, package_versions
 from peftkit.config import RunConfig
 from peftkit.data import Splits, load_splits
+from peftkit.data.splits import check_every_class_trains
 from peftkit.errors import NonFiniteLossError, PeftkitError
 from peftkit.inference.predictor import Predictor
 from peftkit.lock import drift as lock_drift
 from peftkit.methods import METHODS
+from peftkit.runtime import rank
 from peftkit.selection import KeepBest, held_out_evaluator
 from peftkit.tasks import TASKS
 from peftkit.training.hf_trainer import PeftkitTrainer, encode, make_trainer, training_arguments
 from peftkit.training.model_setup import ModelSetup, head_parameters, needs_autocast, setup_model
-from peftkit.training.plan import checkpoint_dir, last_checkpoint
+from peftkit.training.plan import checkpoint_dir, checkpoints, damage, last_checkpoint
 
 log = logging.getLogger("peftkit")
 
@@ -71,8 +75,32 @@ def train(
         raise PeftkitError(
             "this config trains an adapter bank (segments:); use peftkit.training.segments.train_bank"
         )
-    out, ckpt, resume_from = _output_folders(cfg, overwrite, resume)
-    splits = splits or load_splits(cfg.data, cfg.task, cfg.train.seed)
+    out = Path(cfg.output or cfg.default_output())
+    check_writable_path(out, folder=True)
+    with _writer_lock(out):
+        return _train(cfg, out, overwrite, resume, progress, callbacks, splits, init_from, manifest_extra)
+
+
+def _writer_lock(out: Path):
+    """The --output lock (`output_lock`), taken by the process that writes: rank 0 of a launch."""
+    return output_lock(out) if rank() == 0 else contextlib.nullcontext(out)
+
+
+def _train(
+    cfg: RunConfig,
+    out: Path,
+    overwrite: bool,
+    resume: bool,
+    progress: bool,
+    callbacks: list | None,
+    splits: Splits | None,
+    init_from: Path | None,
+    manifest_extra: dict[str, Any] | None,
+) -> TrainResult:
+    ckpt, resume_from = _output_folders(cfg, out, overwrite, resume)
+    if splits is None:
+        splits = load_splits(cfg.data, cfg.task, cfg.train.seed)
+        check_every_class_trains(splits)
     _log_data(cfg, splits)
     setup = setup_model(cfg, splits, init_from)
     predictor = Predictor(
@@ -93,15 +121,16 @@ def train(
     return TrainResult(out, manifest, predictor)
 
 
-def _output_folders(cfg: RunConfig, overwrite: bool, resume: bool) -> tuple[Path, Path, Path | None]:
-    """The adapter folder (checked free to write), its checkpoint folder and the checkpoint to resume from."""
-    out = Path(cfg.output or cfg.default_output())
+def _output_folders(cfg: RunConfig, out: Path, overwrite: bool, resume: bool) -> tuple[Path, Path | None]:
+    """Check the adapter folder `out` free to write; its checkpoint folder and the checkpoint to resume from."""
     check_output(out, cfg.model_dump(mode="json"), overwrite=overwrite)
     ckpt = checkpoint_dir(out)
     resume_from = last_checkpoint(ckpt) if resume else None
     if resume and resume_from is None:
-        raise PeftkitError(f"--resume: no checkpoint in {ckpt} to continue from; run without --resume")
-    return out, ckpt, resume_from
+        raise PeftkitError(
+            f"--resume: no complete checkpoint in {ckpt} to continue from; run without --resume"
+        )
+    return ckpt, resume_from
 
 
 def _log_data(cfg: RunConfig, splits: Splits) -> None:
@@ -163,10 +192,19 @@ def _fit(
         + callbacks,
         head_params=head_parameters(setup.model, setup.heads),
         head_lr=setup.plan.head_lr,
+        keep_best=keep_best,
     )
     started = time.perf_counter()
     try:
         out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except OSError as exc:  # a checkpoint write failed: a full disk, a read-only or vanished folder
+        failure = write_failure(exc, ckpt)
+        if failure is None:
+            raise
+        _remove_incomplete_checkpoints(ckpt)
+        raise PeftkitError(
+            f"{failure}; free space, then --resume continues from the last complete checkpoint"
+        ) from None
     except NonFiniteLossError as exc:
         keep = ckpt / "last-good"
         # The failing step raised before backward, so the weights being saved are still finite.
@@ -271,6 +309,13 @@ def _is_synthetic(frame) -> bool:
 
 def _jsonable(stats: dict) -> dict:
     return {k: v for k, v in stats.items() if isinstance(v, (int, float, str, list, dict, type(None)))}
+
+
+def _remove_incomplete_checkpoints(ckpt: Path) -> None:
+    """A checkpoint cut short by a failed write would only be skipped by --resume: remove it, freeing its space."""
+    for checkpoint in checkpoints(ckpt):
+        if damage(checkpoint) is not None:
+            _remove_tree(checkpoint)
 
 
 def _remove_tree(path: Path) -> None:

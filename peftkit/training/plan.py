@@ -22,7 +22,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from peftkit.artifacts.names import CHECKPOINTS
+from peftkit.artifacts.names import CHECKPOINTS, WEIGHTS
 from peftkit.config import RunConfig
 from peftkit.methods import METHODS
 
@@ -99,8 +99,49 @@ def checkpoint_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.{CHECKPOINTS}"
 
 
-def last_checkpoint(ckpt: Path) -> Path | None:
-    """The newest checkpoint in `ckpt`, the one ``--resume`` continues from; None when there is none."""
-    from transformers.trainer_utils import get_last_checkpoint
+# What peftkit adds to Trainer's checkpoint: the best-epoch selection so far (evaluations, best weights).
+SELECTION_STATE = "peftkit_selection.json"
+SELECTION_WEIGHTS = "peftkit_selection.safetensors"
+# Trainer writes trainer_state.json last: a checkpoint without it (or the weights) was cut short.
+_CHECKPOINT_FILES = ("trainer_state.json", WEIGHTS, "optimizer.pt", "scheduler.pt")
 
-    return Path(found) if ckpt.is_dir() and (found := get_last_checkpoint(str(ckpt))) else None
+
+def checkpoints(ckpt: Path) -> list[Path]:
+    """The ``checkpoint-<step>`` folders in `ckpt`, newest (highest step) first."""
+    if not ckpt.is_dir():
+        return []
+    found = [p for p in ckpt.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+
+
+def damage(checkpoint: Path) -> str | None:
+    """Why `checkpoint` cannot be resumed from (a missing or unreadable file), or None when it is complete."""
+    import json
+
+    missing = [name for name in _CHECKPOINT_FILES if not (checkpoint / name).is_file()]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        if (checkpoint / SELECTION_STATE).is_file():
+            json.loads((checkpoint / SELECTION_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "its state file is unreadable"
+    return None
+
+
+def last_checkpoint(ckpt: Path) -> Path | None:
+    """The newest complete checkpoint in `ckpt`, the one ``--resume`` continues from; None when there is none.
+
+    A newer checkpoint that a kill or a full disk cut short is skipped, with one line saying so.
+    """
+    import logging
+
+    for checkpoint in checkpoints(ckpt):
+        why = damage(checkpoint)
+        if why is None:
+            return checkpoint
+        logging.getLogger("peftkit").warning(
+            "checkpoint %s is incomplete (%s): skipped, --resume takes the one before it", checkpoint, why
+        )
+    return None

@@ -10,6 +10,7 @@ records both, so it shows what each segment adapter gained or lost over the glob
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -22,10 +23,12 @@ import numpy as np
 
 from peftkit.artifacts.adapter_folder import holds_output
 from peftkit.artifacts.bank_file import BankEntry, BankFile, adapter_folder_name
+from peftkit.artifacts.io import output_lock
 from peftkit.artifacts.manifest import Manifest, read_manifest
 from peftkit.artifacts.names import BANK_FILE, GLOBAL
 from peftkit.config import RunConfig
 from peftkit.data import Splits, load_splits
+from peftkit.data.splits import check_every_class_trains
 from peftkit.errors import PeftkitError
 from peftkit.runtime import world_size
 from peftkit.tasks import TASKS
@@ -55,10 +58,12 @@ def train_bank(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True
     out = Path(cfg.output or cfg.default_output())
     check_bank_output(out, overwrite)
     splits = load_splits(cfg.data, cfg.task, cfg.train.seed)
+    check_every_class_trains(splits)
     train_seg, eval_seg = segment_values(splits, seg.column, cfg.data.train)
     values = chosen_values(train_seg, seg.values, seg.column)
 
-    with shared_atomic_folder(out) as (tmp, barrier):
+    lock = output_lock(out) if launch_rank() == 0 else contextlib.nullcontext()
+    with lock, shared_atomic_folder(out) as (tmp, barrier):  # a second writer to `out` is refused
         global_run = _train_global(cfg, splits, tmp, progress)
         barrier()  # rank 0 has written global/ before any rank warm-starts from it
         evaluation, jobs = _evaluation_records(cfg, global_run, splits, train_seg, eval_seg, values)
