@@ -62,6 +62,7 @@ QuantOpt = Annotated[
     Optional[str], typer.Option(help="none or 8bit; default: what the adapter was trained with.")
 ]
 BatchSizeOpt = Annotated[int, typer.Option(help="Rows per forward pass.")]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing --output file.")]
 
 
 @command
@@ -78,6 +79,7 @@ def predict(
     base: BaseOpt = None,
     quant: QuantOpt = None,
     batch_size: BatchSizeOpt = 64,
+    overwrite: OverwriteOpt = False,
     json_: JsonFlag = False,
 ) -> None:
     """Answer every row of a file with one adapter, or every question of an adapter bank for every row (each row by
@@ -118,7 +120,7 @@ def predict(
     if quant not in (None, "none", "8bit"):
         raise PeftkitError(f"--quant {quant!r}: use none or 8bit")
     if output is not None:
-        check_writable(output)
+        check_writable(output, overwrite=overwrite)
     with stdout_to_stderr():
         result = predict_table(
             data,
