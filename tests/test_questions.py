@@ -40,71 +40,36 @@ def users(n: int, seed: int = 0) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def shop(tiny_models, tmp_path_factory) -> dict[str, Path]:
-    """Three questions trained on the tiny BERT, and the bank of questions built from them."""
+    """Four questions trained on the tiny BERT, and the bank of questions built from them."""
     root = tmp_path_factory.mktemp("shop")
-    data = root / "users.csv"
-    users(160).to_csv(data, index=False)
-    common = {
-        "model.name": str(tiny_models["bert"]),
-        "data.train": str(data),
-        "train.max_steps": 6,
-        "train.batch_size": 8,
-        "train.lr": 5e-2,
-    }
-    intent = train(
-        load_config(
-            None,
+    users(160).to_csv(root / "users.csv", index=False)
+
+    def fit(name: str, keys: dict, run=train) -> Path:
+        common = {"model.name": str(tiny_models["bert"]), "data.train": str(root / "users.csv")}
+        common |= {"train.max_steps": 6, "train.batch_size": 8, "train.lr": 5e-2, "output": str(root / name)}
+        return run(load_config(None, {**common, **keys}), progress=False).output
+
+    folders = {
+        "intent": fit(  # every fifth row has no orders: the template's default renders 0
+            "intent",
             {
-                **common,
                 "task": "ordinal",
                 "data.labels": ["weak", "medium", "strong"],
-                "data.template": INTENT_TEMPLATE,  # every fifth row has no orders: the default renders 0
-                "method.name": "lora",
-                "output": str(root / "intent"),
-            },
-        ),
-        progress=False,
-    ).output
-    churn = train(
-        load_config(
-            None,
-            {
-                **common,
-                "data.label_column": "buyer",
-                "data.template": CHURN_TEMPLATE,
-                "method.name": "bottleneck",
-                "output": str(root / "churn"),
-            },
-        ),
-        progress=False,
-    ).output
-    tone = train_bank(
-        load_config(
-            None,
-            {
-                **common,
-                "method.name": "prefix",
-                "segments.column": "platform",
-                "segments.min_rows": 10,
-                "output": str(root / "tone"),
-            },
-        ),
-        progress=False,
-    ).output
-    power = train(
-        load_config(
-            None,
-            {
-                **common,
                 "data.template": INTENT_TEMPLATE,
-                "method.name": "adalora",
-                "output": str(root / "power"),
             },
         ),
-        progress=False,
-    ).output
-    bank = build_questions(root / "shop", {"intent": intent, "churn": churn, "tone": tone, "power": power})
-    return {"intent": intent, "churn": churn, "tone": tone, "power": power, "bank": bank, "root": root}
+        "churn": fit(
+            "churn",
+            {"data.label_column": "buyer", "data.template": CHURN_TEMPLATE, "method.name": "bottleneck"},
+        ),
+        "tone": fit(
+            "tone",
+            {"method.name": "prefix", "segments.column": "platform", "segments.min_rows": 10},
+            run=train_bank,
+        ),
+        "power": fit("power", {"data.template": INTENT_TEMPLATE, "method.name": "adalora"}),
+    }
+    return {**folders, "bank": build_questions(root / "shop", folders), "root": root}
 
 
 @pytest.fixture(scope="module")
