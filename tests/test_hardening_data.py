@@ -454,3 +454,17 @@ def test_training_and_scoring_mask_alike_and_the_manifest_counts_it(tiny_models,
 
     raw = load_splits(cfg.data.model_copy(update={"mask_pii": False}), cfg.task, cfg.train.seed)
     assert "buy now, call 13800138000" in raw.train_texts + raw.eval_texts and "pii_masked" not in raw.stats
+
+
+def test_doctor_fails_the_output_row_while_another_run_holds_the_lock(tiny_models, tmp_path):
+    from peftkit.doctor import FAIL, run_checks
+
+    out = tmp_path / "adapter"
+    live, _ = live_and_dead_pids()
+    try:
+        (tmp_path / ".adapter.lock").write_text(f"{live.pid}\n")
+        row = {c.name: c for c in run_checks(tiny_cfg(tiny_models, tmp_path, out))}["output"]
+    finally:
+        live.kill()
+        live.wait()
+    assert row.status == FAIL and f"another peftkit run (pid {live.pid})" in row.detail

@@ -175,6 +175,13 @@ def output_lock(out: Path, *, flag: str = "--output") -> Iterator[Path]:
             lock.unlink(missing_ok=True)
 
 
+def output_lock_holder(out: Path) -> int | None:
+    """The pid of a live process holding `output_lock` on `out` (another run writing there now), else None."""
+    out = Path(out)
+    holder = _lock_holder(out.parent / f".{out.name}.lock")
+    return holder if holder is not None and holder != os.getpid() and _pid_alive(holder) else None
+
+
 def _lock_holder(lock: Path) -> int | None:
     """The pid in a lock file; None when it is unreadable or empty (a writer killed between create and write)."""
     try:

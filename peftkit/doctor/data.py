@@ -11,9 +11,11 @@ from peftkit.doctor.check import OK, WARN, Check, Facts
 def check_data(facts: Facts) -> Check:
     """Read, validate and split the rows exactly as training does (`load_splits`), and report what came out."""
     from peftkit.data import load_splits
+    from peftkit.data.splits import check_every_class_trains
 
     cfg = facts.cfg
     splits = facts.splits = load_splits(cfg.data, cfg.task, cfg.train.seed)
+    check_every_class_trains(splits)  # training refuses such a split: so does its check
     stats = splits.stats
     detail = f"{stats['train_rows']} train / {stats['eval_rows']} eval rows from {cfg.data.train} (split: {stats['split']})"
     if splits.labels is not None:

@@ -23,10 +23,18 @@ _KEPT_CHECKPOINTS = 2
 
 def check_output(facts: Facts) -> Check:
     """The output folder: the same refusal training applies, plus what --overwrite and --resume would do there."""
+    from peftkit.artifacts.io import output_lock_holder
     from peftkit.training.plan import checkpoint_dir, last_checkpoint
     from peftkit.training.segments import check_bank_output
 
     cfg, out = facts.cfg, facts.output
+    if (holder := output_lock_holder(out)) is not None:
+        return Check(
+            "output",
+            FAIL,
+            f"{out} is being written by another peftkit run (pid {holder}); training would be refused",
+            "wait for that run to finish or choose another --output",
+        )
     if cfg.segments is not None:
         check_bank_output(out, facts.overwrite)
         if facts.resume:
