@@ -31,7 +31,6 @@ def check_output(out: Path, config: dict[str, Any], *, overwrite: bool) -> None:
     """Refuse to replace a different adapter (or any non-adapter content) unless told to."""
     if not holds_output(out, MANIFEST, "a peftkit adapter folder") or overwrite:
         return
-        return
     old = read_json(out / MANIFEST).get("config", {})  # only its config: older or partial manifests do too
     if old != config:
         diff = sorted(diff_keys(old, config))
