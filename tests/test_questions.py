@@ -391,3 +391,26 @@ def test_a_bad_request_never_fails_its_batch_mates(server, opened):
             assert status == 200, body
             got = [{q: (s["label"], s["adapter"], True) for q, s in r.items()} for r in body["scores"]]
             assert got == want
+
+
+def test_scoring_masks_personal_data_as_training_did(shop, opened):
+    from peftkit.data.privacy import mask_text
+
+    manifest = json.loads((shop["intent"] / "peftkit.json").read_text())
+    assert manifest["config"]["data"]["mask_pii"] is True  # on by default
+    record = {
+        "text": "call me on 13812345678 or mail a.b@shop.example, buy now",
+        "orders": "2",
+        "platform": "app",
+    }
+    got = opened.score([record], ["intent"])[0]["intent"]
+    masked = mask_text(Template.parse(INTENT_TEMPLATE).render(record))
+    assert "13812345678" not in masked and "a.b@shop.example" not in masked
+    model = peftkit.load(str(shop["intent"]))
+    want = model.predict([masked])[0]
+    for label, p in want.probabilities.items():
+        assert math.isclose(got.probabilities[label], p, abs_tol=1e-6)
+    raw = model.predict([Template.parse(INTENT_TEMPLATE).render(record)])[0]  # a finished text is masked too
+    assert raw.probabilities == want.probabilities
+    texts = opened.predict([Template.parse(INTENT_TEMPLATE).render(record)], question="intent")[0]
+    assert texts.probabilities == pytest.approx(want.probabilities, abs=1e-6)

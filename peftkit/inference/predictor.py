@@ -52,7 +52,12 @@ class Predictor:
         return next(p for p in self.model.parameters()).device
 
     def logits(self, texts: list[str], adapter_names: list[str] | None = None) -> np.ndarray:
-        """Raw head outputs, (N, num_outputs) float32, in input order; see `batched_logits`."""
+        """Raw head outputs, (N, num_outputs) float32, in input order; see `batched_logits`. Personal data is masked
+        first when the adapter was trained with ``data.mask_pii`` (`peftkit.data.privacy`)."""
+        from peftkit.data.privacy import adapter_masks, mask_texts
+
+        if self.manifest is not None and not isinstance(texts, str) and adapter_masks(self.manifest.config):
+            texts = mask_texts(list(texts))
         return batched_logits(
             self.model,
             self.tokenizer,

@@ -25,6 +25,7 @@ from peftkit.artifacts.io import atomic_folder
 from peftkit.artifacts.manifest import Manifest, read_manifest
 from peftkit.artifacts.names import GLOBAL
 from peftkit.data.files import RowError, texts_or_errors
+from peftkit.data.privacy import adapter_masks, mask_text
 from peftkit.errors import PeftkitError
 from peftkit.inference.adapter_cache import AdapterCache
 from peftkit.inference.predictor import Prediction, batched_logits, decode_predictions
@@ -205,6 +206,9 @@ class Question:
             raise PeftkitError(
                 f"adapter {damaged[0]!r} of bank {self.folder} is damaged: {self.broken[damaged[0]]}"
             )
+        # Personal data masked as each adapter's training masked it (`peftkit.data.privacy`), whoever built the text.
+        masks = {n: adapter_masks(self._manifests[n].config) for n in dict.fromkeys(adapter_names)}
+        texts = [mask_text(t) if masks[a] else t for t, a in zip(texts, adapter_names)]
         with self.lock:
             return self._logits_by_adapter(texts, adapter_names, out)
 

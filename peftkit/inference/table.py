@@ -73,12 +73,67 @@ def predict_table(
         PeftkitError: the file cannot be read, an option does not fit the bank, or no row could be answered.
     """
     frame = read_table(data)
+    model = open_model(adapter=adapter, bank=bank, base=base, quant=quant, batch_size=batch_size)
+    result = predict_frame(
+        frame,
+        model,
+        source=data,
+        questions=questions,
+        segment_column=segment_column,
+        segment=segment,
+        text=text,
+    )
+    if adapter is not None:  # the summary names the adapter as it was given
+        result.answered_by = {str(adapter): sum(result.answered_by.values())}
+    return result
+
+
+def open_model(
+    *,
+    adapter: Path | None = None,
+    bank: Path | None = None,
+    base: str | None = None,
+    quant: str | None = None,
+    batch_size: int = 64,
+):
+    """The `Predictor` of `adapter`, or the `AdapterBank` of `bank`: what `predict_frame` answers rows with (opened
+    once, for many frames: a Ray Data actor keeps it)."""
     if bank is not None:
+        from peftkit.inference.bank import AdapterBank
+
+        return AdapterBank.open(bank, quant=quant, batch_size=batch_size)
+    from peftkit.inference.predictor import load_predictor
+
+    model = load_predictor(str(adapter), base=base, quant=quant)
+    model.batch_size = batch_size
+    return model
+
+
+def predict_frame(
+    frame: pd.DataFrame,
+    model,
+    *,
+    source: str,
+    questions: list[str] | None = None,
+    segment_column: str | None = None,
+    segment: str | None = None,
+    text: TextSpec = TextSpec(),
+    strict: bool = True,
+) -> TablePredictions:
+    """`frame` with the answer columns of `model` (from `open_model`) added; see `predict_table`.
+
+    ``strict``: a frame of which no row could be answered is an error (a whole file); without it (one batch of a
+    larger job) its rows keep their errors.
+    """
+    from peftkit.inference.bank import AdapterBank
+
+    if isinstance(model, AdapterBank):
         columns, answered_by, failed = _predict_bank(
-            bank, frame, data, questions, segment_column, segment, text, quant, batch_size
+            model, frame, source, questions, segment_column, segment, text, strict
         )
     else:
-        columns, answered_by, failed = _predict_adapter(adapter, frame, text, base, quant, batch_size)
+        columns, answered_by, failed = _predict_adapter(model, frame, text, strict)
+    frame = frame.copy()
     for name, values in columns.items():
         frame[name] = values
     return TablePredictions(frame, answered_by, failed)
@@ -96,28 +151,20 @@ def write_predictions(result: TablePredictions, output: Path) -> dict[str, Any]:
     return summary
 
 
-def _predict_adapter(adapter, frame, text: TextSpec, base, quant, batch_size):
-    from peftkit.inference.predictor import load_predictor, prediction_columns
+def _predict_adapter(model, frame, text: TextSpec, strict: bool):
+    from peftkit.inference.predictor import prediction_columns
 
-    model = load_predictor(str(adapter), base=base, quant=quant)
-    model.batch_size = batch_size
     texts, errors = text.texts(frame, model.manifest.config["data"])
-    good = _answerable(texts, errors)
-    columns = _spread(
-        prediction_columns(model.predict([texts[i] for i in good]), model.labels), good, len(texts)
-    )
-    return _with_errors(columns, errors, "error"), {str(adapter): len(good)}, len(texts) - len(good)
+    good = _answerable(texts, errors, strict)
+    answers = model.predict([texts[i] for i in good]) if good else []
+    columns = _spread(prediction_columns(answers, model.labels), good, len(texts))
+    return _with_errors(columns, errors, "error"), {model.adapter: len(good)}, len(texts) - len(good)
 
 
-def _predict_bank(
-    folder, frame, source, questions, segment_column, segment, text: TextSpec, quant, batch_size
-):
-    from peftkit.inference.bank import AdapterBank
-
-    bank = AdapterBank.open(folder, quant=quant, batch_size=batch_size)
+def _predict_bank(bank, frame, source, questions, segment_column, segment, text: TextSpec, strict: bool):
     if text.given:  # one text for every row, given here: a one-question bank answers it as texts
         texts, errors = text.texts(frame, bank.bank.config.get("data", {}))
-        good = _answerable(texts, errors)
+        good = _answerable(texts, errors, strict)
         rows = frame.iloc[good]
         segments = (
             segment
@@ -143,7 +190,7 @@ def _predict_bank(
         if s.error is None
     )
     failed = sum(1 for record in scores if any(s.error for s in record.values()))
-    if not answered:
+    if not answered and strict and scores:
         first = next(s for record in scores for s in record.values())
         raise PeftkitError(f"{source}: no row could be answered; row 1: {first.error}")
     if bank.single:  # a one-question bank writes the columns it always wrote
@@ -156,9 +203,9 @@ def _predict_bank(
     return bank.score_columns(scores, names), dict(answered), failed
 
 
-def _answerable(texts: list, errors: list[RowError | None]) -> list[int]:
+def _answerable(texts: list, errors: list[RowError | None], strict: bool = True) -> list[int]:
     good = [i for i, e in enumerate(errors) if e is None]
-    if not good:
+    if not good and strict and errors:
         first = next(e for e in errors if e is not None)
         raise PeftkitError(f"no row could be answered; row 1: {first.message}; {first.fix}")
     return good
