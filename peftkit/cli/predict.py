@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -65,6 +66,32 @@ BatchSizeOpt = Annotated[int, typer.Option(help="Rows per forward pass.")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing --output file.")]
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+EngineOpt = Annotated[
+    Engine,
+    typer.Option(
+        help="local: this process. ray: Ray Data, one bank per worker (`pip install 'peftkit[ray]'`); --data may "
+        "be a folder or glob of CSV/Parquet partitions, --output a .parquet/.csv file or a folder of Parquet parts."
+    ),
+]
+AddressOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="With --engine ray: the cluster (host:port, ray://host:port, auto); default: a local Ray."
+    ),
+]
+WorkersOpt = Annotated[
+    int, typer.Option(help="With --engine ray: scoring actors, each holding the bank once.")
+]
+CpusPerWorkerOpt = Annotated[
+    float, typer.Option(help="With --engine ray: CPUs (torch threads) per worker; one CPU stays for reading.")
+]
+
+
 @command
 def predict(
     data: DataOpt,
@@ -79,6 +106,10 @@ def predict(
     base: BaseOpt = None,
     quant: QuantOpt = None,
     batch_size: BatchSizeOpt = 64,
+    engine: EngineOpt = Engine.local,
+    address: AddressOpt = None,
+    workers: WorkersOpt = 2,
+    cpus_per_worker: CpusPerWorkerOpt = 1,
     overwrite: OverwriteOpt = False,
     json_: JsonFlag = False,
 ) -> None:
@@ -101,6 +132,7 @@ def predict(
     peftkit predict --bank banks/reviews --data new.csv \\
         --segment-column platform --output preds.csv
     peftkit predict --bank banks/shop --data users.csv --questions intent,churn --output scores.csv
+    peftkit predict --bank banks/shop --data users/ --output scores/ --engine ray --address auto --workers 16
     ```
     """
     from peftkit.data import check_writable
@@ -119,6 +151,21 @@ def predict(
         )
     if quant not in (None, "none", "8bit"):
         raise PeftkitError(f"--quant {quant!r}: use none or 8bit")
+    questions_list = [q.strip() for q in questions.split(",") if q.strip()] if questions else None
+    if engine is Engine.ray:
+        if output is None:
+            raise PeftkitError(
+                "--engine ray writes files: give --output (a .parquet or .csv file, or a folder)"
+            )
+        from peftkit.inference.ray_data import predict_ray
+
+        summary = predict_ray(
+            data, output, address=address, workers=workers, cpus_per_worker=cpus_per_worker, overwrite=overwrite,
+            bank=bank, adapter=adapter, questions=questions_list, segment_column=segment_column, segment=segment,
+            text_column=text_column, template=template, base=base, quant=quant, batch_size=batch_size,
+        )  # fmt: skip
+        emit(summary, json_, lambda: typer.echo(f"wrote {summary['rows']} predictions to {output}"))
+        return
     if output is not None:
         check_writable(output, overwrite=overwrite)
     with stdout_to_stderr():
@@ -126,7 +173,7 @@ def predict(
             data,
             adapter=adapter,
             bank=bank,
-            questions=[q.strip() for q in questions.split(",") if q.strip()] if questions else None,
+            questions=questions_list,
             segment_column=segment_column,
             segment=segment,
             text=TextSpec(text_column, template),
