@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -59,6 +60,39 @@ BodyTimeoutOpt = Annotated[
 ]
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+EngineOpt = Annotated[
+    Engine,
+    typer.Option(
+        help="local: this process (uvicorn). ray: Ray Serve, --replicas copies of the bank, each request's rows "
+        "sent to replicas that hold their adapters (`pip install 'peftkit[ray]'`)."
+    ),
+]
+AddressOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="With --engine ray: the cluster (host:port, ray://host:port, auto); default: a local Ray."
+    ),
+]
+ReplicasOpt = Annotated[
+    int, typer.Option(help="With --engine ray: model replicas (the minimum with --max-replicas).")
+]
+MaxReplicasOpt = Annotated[
+    Optional[int],
+    typer.Option(help="With --engine ray: autoscale between --replicas and this many replicas."),
+]
+TargetOngoingOpt = Annotated[
+    float, typer.Option(help="With --max-replicas: calls in flight per replica that autoscaling aims at.")
+]
+CpusPerReplicaOpt = Annotated[
+    float, typer.Option(help="With --engine ray: CPUs (torch threads) per replica.")
+]
+
+
 @command
 def serve(
     bank: BankOpt,
@@ -75,6 +109,12 @@ def serve(
     no_auth: NoAuthOpt = False,
     allowed_host: AllowedHostOpt = None,
     body_timeout_s: BodyTimeoutOpt = 10.0,
+    engine: EngineOpt = Engine.local,
+    address: AddressOpt = None,
+    replicas: ReplicasOpt = 2,
+    max_replicas: MaxReplicasOpt = None,
+    target_ongoing_requests: TargetOngoingOpt = 4,
+    cpus_per_replica: CpusPerReplicaOpt = 1,
 ) -> None:
     """Serve an adapter bank over HTTP: one base model in memory, each request (or each item) answered by its
     segment's adapter. Logs one line per request to stderr.
@@ -94,6 +134,7 @@ def serve(
     curl -s localhost:8000/v1/score --json '{"records": [{"platform": "app", "orders_90d": 3, "last_query": "耳机"}]}'
     peftkit serve --bank banks/shop --host 0.0.0.0 --api-keys keys.txt --allowed-host scoring.internal
     curl -s scoring.internal:8000/v1/score -H "Authorization: Bearer $KEY" --json '{"records": [...]}'
+    peftkit serve --bank banks/shop --engine ray --replicas 2 --max-replicas 8   # the same API on Ray Serve
     ```
 
     POST bodies must be JSON (`Content-Type: application/json`; curl's `--json` sets it).
@@ -126,6 +167,17 @@ def serve(
     elif not allowed_host:
         names.add("*")  # every interface: the names clients use are unknown here; keys guard it instead
     security = Security(keys, frozenset(n.lower() for n in names), body_timeout_s)
+    limits = ServeLimits(max_items, max_body_kb * 1024, max_batch_rows, batch_wait_ms)
+    if engine is Engine.ray:
+        from peftkit.inference.ray_serve import serve_ray
+
+        typer.echo(f"peftkit: serving bank {bank} on Ray Serve at http://{host}:{port}", err=True)
+        serve_ray(
+            bank, host=host, port=port, address=address, replicas=replicas, max_replicas=max_replicas,
+            target_ongoing_requests=target_ongoing_requests, cpus_per_replica=cpus_per_replica, quant=quant,
+            max_loaded=max_loaded, preload=preload, limits=limits, security=security,
+        )  # fmt: skip
+        return
     opened = AdapterBank.open(bank, quant=quant, max_loaded=max_loaded, preload=preload)
     for name, question in opened.questions.items():
         for adapter, reason in question.broken.items():
@@ -135,5 +187,4 @@ def serve(
         for name, q in opened.questions.items()
     )
     typer.echo(f"peftkit: serving bank {bank} ({held}) at http://{host}:{port}", err=True)
-    limits = ServeLimits(max_items, max_body_kb * 1024, max_batch_rows, batch_wait_ms)
     run(opened, host=host, port=port, limits=limits, security=security)
