@@ -17,7 +17,7 @@ ASSETS      := lock/assets.txt
 RESOLVE     := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --find-links /opt/wheels
 UPGRADE     ?= .upgrade
 
-.PHONY: setup train test test-fast lint format lock upgrade clean
+.PHONY: setup train test test-fast test-gpu gpu-check lint format lock upgrade clean
 
 setup: $(VENV)/.installed
 
@@ -41,6 +41,15 @@ test: setup             ## the whole suite, as CI runs it (includes the real-mod
 
 test-fast: setup        ## tiny models only: seconds, for the edit-run loop
 	$(BIN)/pytest -q -m "not slow and not gpu"
+
+test-gpu: setup         ## the CUDA tests (tests/test_gpu.py); where CUDA is absent they skip and say why
+	$(BIN)/pytest -q -m gpu
+
+# The prepared device check (benchmarks/gpu/README.md): on a lent GPU machine it installs the carried wheels, runs
+# the GPU tests and the benchmark into $$OUT; elsewhere a dry run that checks its inputs. No `setup`: a GPU machine
+# has no package index, and the script finds its Python itself (.venv here, python3 there).
+gpu-check:              ## the device check; without CUDA a dry run ("dry run: no CUDA")
+	bash benchmarks/gpu/run.sh
 
 lint: setup
 	$(BIN)/ruff check peftkit tests benchmarks
