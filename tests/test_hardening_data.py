@@ -47,7 +47,7 @@ class StopAt(TrainerCallback):
             raise KeyboardInterrupt
 
 
-def resume_cfg(tiny_models, tmp_path, out: str):
+def resume_cfg(tiny_models, tmp_path, out: str, save_steps: int = 10):
     data = tmp_path / "intent.csv"
     if not data.exists():
         intent_rows(120).to_csv(data, index=False)
@@ -60,7 +60,7 @@ def resume_cfg(tiny_models, tmp_path, out: str):
             "output": str(tmp_path / out),
             "train.epochs": 3,
             "train.batch_size": 8,
-            "train.save_steps": 10,
+            "train.save_steps": save_steps,
         },
     )
 
@@ -72,18 +72,26 @@ def straight_run(tiny_models, tmp_path_factory):
     return result, (root / "straight" / WEIGHTS).read_bytes()
 
 
-@pytest.mark.parametrize("damaged", [False, True], ids=["last-checkpoint", "last-checkpoint-damaged"])
+@pytest.mark.parametrize(
+    "save_steps, stop, kept, damaged",
+    [
+        (10, 31, ["checkpoint-20", "checkpoint-30"], False),  # resumed in the middle of epoch 3
+        (10, 31, ["checkpoint-20", "checkpoint-30"], True),  # checkpoint-30 cut short: resumed in epoch 2
+        (14, 29, ["checkpoint-14", "checkpoint-28"], False),  # resumed at the end of epoch 2
+    ],
+    ids=["mid-epoch", "last-checkpoint-damaged", "epoch-end"],
+)
 def test_resume_after_the_second_epoch_is_the_uninterrupted_run(
-    straight_run, tiny_models, tmp_path, caplog, damaged
+    straight_run, tiny_models, tmp_path, caplog, save_steps, stop, kept, damaged
 ):
     straight, weights = straight_run
-    cfg = resume_cfg(tiny_models, tmp_path, "resumed")
+    cfg = resume_cfg(tiny_models, tmp_path, "resumed", save_steps)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, progress=False, callbacks=[StopAt(31)])  # killed in epoch 3, after checkpoint-30
+        train(cfg, progress=False, callbacks=[StopAt(stop)])  # killed after the second epoch's checkpoint
     ckpt = checkpoint_dir(tmp_path / "resumed")
-    assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint-20", "checkpoint-30"]
+    assert sorted(p.name for p in ckpt.iterdir()) == kept
     if damaged:  # as a full disk left it: only the card written
-        for file in (ckpt / "checkpoint-30").iterdir():
+        for file in (ckpt / kept[-1]).iterdir():
             if file.name != "README.md":
                 file.unlink()
     with caplog.at_level(logging.WARNING, logger="peftkit"):
@@ -92,7 +100,7 @@ def test_resume_after_the_second_epoch_is_the_uninterrupted_run(
     assert resumed.manifest.train.selection == straight.manifest.train.selection
     assert resumed.manifest.train.steps == straight.manifest.train.steps == 42
     if damaged:
-        assert any("checkpoint-30 is incomplete" in r.getMessage() for r in caplog.records)
+        assert any(f"{kept[-1]} is incomplete" in r.getMessage() for r in caplog.records)
 
 
 # --- #5, #14: a CSV whose rows do not match its header; repeated column names; invisible texts ---------------------
@@ -468,3 +476,18 @@ def test_doctor_fails_the_output_row_while_another_run_holds_the_lock(tiny_model
         live.kill()
         live.wait()
     assert row.status == FAIL and f"another peftkit run (pid {live.pid})" in row.detail
+
+
+def test_a_read_only_place_or_a_folder_as_the_file_output_is_refused_before_any_work(tmp_path, monkeypatch):
+    import peftkit.artifacts.io as io
+    from peftkit.data import check_writable
+
+    (tmp_path / "preds.csv").mkdir()
+    with pytest.raises(PeftkitError, match=r"--output .*preds\.csv is a folder; choose a file path"):
+        check_writable(tmp_path / "preds.csv")
+    monkeypatch.setattr(io.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(io, "_read_only", lambda folder: True)
+    with pytest.raises(
+        PeftkitError, match=r"--output .*out\.csv: .* is on a read-only file system; choose another"
+    ):
+        check_writable(tmp_path / "new" / "out.csv")
