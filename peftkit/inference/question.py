@@ -72,15 +72,25 @@ class Question:
         self.task = TASKS[bank.task]
         self.labels: list[str] | None = bank.labels
         self.tokenizer, self.batch_size, self.max_loaded = tokenizer, batch_size, max_loaded
-        # Every adapter is checked now, not at its first request. A damaged one is set aside with its reason: the
-        # others still answer, and the rows routed to it get that reason as their error.
+        # Every adapter is checked now, not at its first request. One that does not belong in the bank (another
+        # base, method, task...) is refused with the bank. A damaged one (unreadable files, non-finite weights) is
+        # set aside with its reason: the others still answer, and the rows routed to it get that reason as error.
         self._manifests: dict[str, Manifest] = {}
         self.broken: dict[str, str] = {}
         for n in bank.adapters:
+            folder = self._folder_of(n)
             try:
-                self._manifests[n] = self._checked(self._folder_of(n))
+                manifest = read_manifest(folder)
             except PeftkitError as exc:
                 self.broken[n] = str(exc)
+                continue
+            self.bank.check_compatible(manifest, folder)
+            try:
+                _check_sound(folder, manifest)
+            except PeftkitError as exc:
+                self.broken[n] = str(exc)
+                continue
+            self._manifests[n] = manifest
         if self.broken and not self._manifests:
             raise PeftkitError(
                 f"bank {folder}: every adapter is damaged; the first: {next(iter(self.broken.values()))}"
@@ -337,14 +347,19 @@ class Question:
 
     def _checked(self, folder: Path) -> Manifest:
         """The manifest of the adapter at `folder`, refused unless it fits the question and its files are sound."""
-        from peftkit.artifacts.adapter_check import check_adapter_files
-        from peftkit.inference.predictor import check_task
-
         manifest = read_manifest(folder)
         self.bank.check_compatible(manifest, folder)
-        check_task(manifest, folder)
-        check_adapter_files(folder, manifest)
+        _check_sound(folder, manifest)
         return manifest
+
+
+def _check_sound(folder: Path, manifest: Manifest) -> None:
+    """Refuse an adapter whose task this peftkit cannot decode or whose files are damaged (`check_adapter_files`)."""
+    from peftkit.artifacts.adapter_check import check_adapter_files
+    from peftkit.inference.predictor import check_task
+
+    check_task(manifest, folder)
+    check_adapter_files(folder, manifest)
 
 
 def _reason(exc: BaseException) -> str:
