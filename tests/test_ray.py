@@ -23,7 +23,6 @@ from typer.testing import CliRunner
 
 from peftkit.cli import app
 from peftkit.config import load_config
-from peftkit.errors import PeftkitError
 from peftkit.inference.bank import AdapterBank
 from peftkit.inference.bank_build import build_questions
 from peftkit.inference.table import predict_table
@@ -87,7 +86,7 @@ def shop(tiny_models, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     try:
         from ray import serve
@@ -200,9 +199,7 @@ def test_unreachable_address_is_one_line(shop, tmp_path):
     assert "Traceback" not in result.output
 
 
-def test_missing_extra_names_the_install(monkeypatch):
-    from peftkit.inference import ray_data
-
+def test_missing_extra_names_the_install(monkeypatch, tmp_path):
     real = builtins.__import__
 
     def no_ray(name, *args, **kwargs):
@@ -210,9 +207,20 @@ def test_missing_extra_names_the_install(monkeypatch):
             raise ImportError("No module named 'ray'")
         return real(name, *args, **kwargs)
 
+    data = tmp_path / "r.csv"
+    records(10, seed=3).to_csv(data, index=False)
     monkeypatch.setattr(builtins, "__import__", no_ray)
-    with pytest.raises(PeftkitError, match=r"pip install 'peftkit\[ray\]'"):
-        ray_data.require_ray()
+    result = runner.invoke(
+        app,
+        ["predict", "--bank", str(tmp_path), "--data", str(data), "--output", str(tmp_path / "o.parquet"),
+         "--engine", "ray"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert (
+        result.stderr == "error: --engine ray needs Ray, which is not installed: pip install 'peftkit[ray]'\n"
+    )
+    result = runner.invoke(app, ["serve", "--bank", str(tmp_path), "--engine", "ray"])
+    assert result.exit_code == 2 and "pip install 'peftkit[ray]'" in result.stderr
 
 
 # -- Ray Serve -----------------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ the same columns and answers. Two differences, both so that batches share one sc
 strings exactly as `peftkit.data.read_table` reads them (Ray's own CSV reader would guess types), and the error
 column(s) are always there, empty where the row was answered (``peftkit predict`` writes them only when some row
 failed). Rows come out in input order (``preserve_order``). A worker whose process dies is restarted and its batch
-answered again (``max_restarts`` / ``max_task_retries``); a batch's rows are emitted only when the batch completes,
+answered again (Ray Data's actor pools restart
+actors and retry their tasks by default); a batch's rows are emitted only when the batch completes,
 so nothing is lost or written twice.
 """
 
@@ -62,7 +63,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, timeout_
         return
     try:
         ray.init(
-            address=address,
+            address=address
+            or "local",  # without an address a new local Ray, not one `ray start` left running
             num_cpus=None if address else num_cpus,
             include_dashboard=False,
             log_to_driver=False,
@@ -238,9 +240,8 @@ def score_dataset(
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=cpus_per_worker,
-        # a worker whose process dies comes back and its batch is answered again: nothing lost, nothing twice
-        max_restarts=-1,
-        max_task_retries=-1,
+        # A worker whose process dies comes back and its batch is answered again (nothing lost, nothing twice):
+        # Ray Data's actor pools default to max_restarts=-1 and max_task_retries=-1 (tests/test_ray.py holds it).
         runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}},
     )
 
