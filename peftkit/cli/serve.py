@@ -81,6 +81,12 @@ AddressOpt = Annotated[
 ReplicasOpt = Annotated[
     int, typer.Option(help="With --engine ray: model replicas (the minimum with --max-replicas).")
 ]
+IngressReplicasOpt = Annotated[
+    int,
+    typer.Option(
+        help="With --engine ray: ingress replicas (HTTP, validation, planning; no adapters loaded)."
+    ),
+]
 MaxReplicasOpt = Annotated[
     Optional[int],
     typer.Option(help="With --engine ray: autoscale between --replicas and this many replicas."),
@@ -112,6 +118,7 @@ def serve(
     engine: EngineOpt = Engine.local,
     address: AddressOpt = None,
     replicas: ReplicasOpt = 2,
+    ingress_replicas: IngressReplicasOpt = 1,
     max_replicas: MaxReplicasOpt = None,
     target_ongoing_requests: TargetOngoingOpt = 4,
     cpus_per_replica: CpusPerReplicaOpt = 1,
@@ -173,7 +180,8 @@ def serve(
 
         typer.echo(f"peftkit: serving bank {bank} on Ray Serve at http://{host}:{port}", err=True)
         serve_ray(
-            bank, host=host, port=port, address=address, replicas=replicas, max_replicas=max_replicas,
+            bank, host=host, port=port, address=address, replicas=replicas, ingress_replicas=ingress_replicas,
+            max_replicas=max_replicas,
             target_ongoing_requests=target_ongoing_requests, cpus_per_replica=cpus_per_replica, quant=quant,
             max_loaded=max_loaded, preload=preload, limits=limits, security=security,
         )  # fmt: skip

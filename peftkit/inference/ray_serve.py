@@ -31,6 +31,7 @@ def build_app(
     bank: str | Path,
     *,
     replicas: int = 2,
+    ingress_replicas: int = 1,
     max_replicas: int | None = None,
     target_ongoing_requests: float = 4,
     cpus_per_replica: float = 1,
@@ -44,6 +45,7 @@ def build_app(
 
     Args:
         replicas: model replicas; with `max_replicas` the minimum Serve autoscales from.
+        ingress_replicas: copies of the ingress (HTTP, validation, planning); each holds the bank without adapters.
         max_replicas: autoscale up to this many replicas (Serve's ``autoscaling_config``), keeping about
             `target_ongoing_requests` calls in flight per replica.
         cpus_per_replica: CPUs Ray reserves per model replica (its torch threads).
@@ -77,7 +79,7 @@ def build_app(
             "runtime_env": {"env_vars": {"OMP_NUM_THREADS": threads}},
         },
     )
-    ingress = BankIngress(serve).options(ray_actor_options={"num_cpus": 0})
+    ingress = BankIngress(serve).options(num_replicas=ingress_replicas, ray_actor_options={"num_cpus": 0})
     return ingress.bind(folder, quant, limits, security, model.bind(folder, quant, max_loaded, preload))
 
 
