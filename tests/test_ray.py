@@ -304,6 +304,20 @@ def test_ray_serve_answers_as_the_bank_for_16_concurrent_clients(shop, ray_serve
     assert post(ray_server, "/v1/predict", {"question": "nope", "inputs": ["x"]})[0] == 422
 
 
+def test_ray_serve_adapter_added_at_runtime_reaches_the_replicas(shop, ray_server):
+    payload = {"name": "web-v2", "path": "tone/web", "segments": ["kiosk"], "question": "tone"}
+    status, body = post(ray_server, "/v1/adapters", payload)
+    assert status == 201, body
+    record = {"text": "great value 9", "platform": "kiosk"}
+    want = AdapterBank.open(shop["bank"]).score([{**record, "platform": "web"}], ["tone"])[0]["tone"]
+    for _ in range(4):
+        status, body = post(ray_server, "/v1/score", {"records": [record], "questions": ["tone"]})
+        assert status == 200, body
+        got = body["scores"][0]["tone"]
+        assert (got["adapter"], got["label"]) == ("web-v2", want.label)
+        assert all(abs(got["probabilities"][k] - p) < 1e-5 for k, p in want.probabilities.items())
+
+
 def test_ray_serve_keeps_answering_after_a_replica_is_killed(shop, ray_server):
     requests = mixed_requests(64)
     want = expected_scores(shop, requests)
