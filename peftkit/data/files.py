@@ -338,8 +338,9 @@ def texts_or_errors(
     per row. Training builds its texts through here too, so both sides treat a row alike.
 
     Args:
-        mask_pii: mask personal data (`peftkit.data.privacy.mask_text`) in every text. Scoring passes the
-            adapter's saved ``config["data"].get("mask_pii", False)``: what the adapter was trained with.
+        mask_pii: mask personal data (`peftkit.data.privacy.mask_text`) in every text (training). Scoring masks
+            later, just before the forward pass, by the adapter's saved switch (`Predictor.logits`,
+            `Question.logits`), so finished texts are masked too.
         pii_counts: when given, each replacement is counted into it by kind.
 
     Returns:
