@@ -78,6 +78,7 @@ def shop(tiny_models, tmp_path_factory) -> dict[str, Path]:
         progress=False,
     ).output
     return {
+        "intent": intent,
         "tone": tone,
         "bank": build_questions(root / "shop", {"intent": intent, "tone": tone}),
         "root": root,
@@ -184,6 +185,18 @@ def test_folder_of_parquet_partitions_with_a_worker_killed_mid_run(shop, local_r
     written = sorted((tmp_path / "scores").iterdir())
     assert [p.name for p in written] == ["part-00000.parquet", "part-00001.parquet"]
     same_rows(pd.concat([pq.read_table(p).to_pandas() for p in written], ignore_index=True), expected)
+
+
+def test_one_adapter_with_a_template_given_on_the_command_line(shop, local_ray, tmp_path):
+    from peftkit.inference.ray_data import predict_ray
+    from peftkit.inference.table import TextSpec
+
+    data = tmp_path / "records.csv"
+    records(120, seed=4).to_csv(data, index=False)
+    template = "{text} / {orders|none}"
+    expected = predict_table(str(data), adapter=shop["intent"], text=TextSpec(template=template)).frame
+    predict_ray(str(data), tmp_path / "o.parquet", adapter=shop["intent"], template=template, workers=1)
+    same_rows(pd.read_parquet(tmp_path / "o.parquet"), expected)
 
 
 def test_unreachable_address_is_one_line(shop, tmp_path):
