@@ -428,11 +428,11 @@ class AdapterBank:
         """What the bank holds, as JSON: base, quant and each question's method, task, labels, segments, fallback,
         adapters with metrics (a one-question bank: that question's keys at the top, as before questions)."""
         head = {"bank": str(self.folder), "base": self.index.base.to_json()}
+        # a one-question bank: the keys in their order from before questions (method, task, labels, quant, ...)
         if self.single:
-            q = self.question()
-            described = q.describe()
-            return {**head, "method": described.pop("method"), "task": described.pop("task"),
-                    "labels": described.pop("labels"), "quant": self.quant, **described}  # fmt: skip
+            described = self.question().describe()
+            first = {key: described.pop(key) for key in ("method", "task", "labels")}
+            return {**head, **first, "quant": self.quant, **described}
         return {
             **head,
             "quant": self.quant,
