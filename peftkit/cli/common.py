@@ -9,7 +9,8 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any
+from enum import Enum
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -18,6 +19,22 @@ from peftkit.runtime import quiet_libraries, rank
 
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print the result as JSON on stdout (logs stay on stderr).")
+]
+
+
+class Engine(str, Enum):
+    """Where `predict` and `serve` run: this process, or a Ray cluster."""
+
+    local = "local"
+    ray = "ray"
+
+
+RayAddressOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--address",
+        help="With --engine ray: the cluster (host:port, ray://host:port, auto); default: a local Ray.",
+    ),
 ]
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from peftkit.cli.common import JsonFlag, command, emit, stdout_to_stderr
+from peftkit.cli.common import Engine, JsonFlag, RayAddressOpt, command, emit, stdout_to_stderr
 
 DataOpt = Annotated[str, typer.Option(help="Rows to answer: CSV, JSONL or Parquet.")]
 AdapterOpt = Annotated[
@@ -66,22 +65,11 @@ BatchSizeOpt = Annotated[int, typer.Option(help="Rows per forward pass.")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing --output file.")]
 
 
-class Engine(str, Enum):
-    local = "local"
-    ray = "ray"
-
-
 EngineOpt = Annotated[
     Engine,
     typer.Option(
         help="local: this process. ray: Ray Data, one bank per worker (`pip install 'peftkit[ray]'`); --data may "
         "be a folder or glob of CSV/Parquet partitions, --output a .parquet/.csv file or a folder of Parquet parts."
-    ),
-]
-AddressOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        help="With --engine ray: the cluster (host:port, ray://host:port, auto); default: a local Ray."
     ),
 ]
 WorkersOpt = Annotated[
@@ -107,7 +95,7 @@ def predict(
     quant: QuantOpt = None,
     batch_size: BatchSizeOpt = 64,
     engine: EngineOpt = Engine.local,
-    address: AddressOpt = None,
+    address: RayAddressOpt = None,
     workers: WorkersOpt = 2,
     cpus_per_worker: CpusPerWorkerOpt = 1,
     overwrite: OverwriteOpt = False,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from peftkit.cli.common import command
+from peftkit.cli.common import Engine, RayAddressOpt, command
 
 BankOpt = Annotated[
     Path,
@@ -60,22 +59,11 @@ BodyTimeoutOpt = Annotated[
 ]
 
 
-class Engine(str, Enum):
-    local = "local"
-    ray = "ray"
-
-
 EngineOpt = Annotated[
     Engine,
     typer.Option(
         help="local: this process (uvicorn). ray: Ray Serve, --replicas copies of the bank, each request's rows "
         "sent to replicas that hold their adapters (`pip install 'peftkit[ray]'`)."
-    ),
-]
-AddressOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        help="With --engine ray: the cluster (host:port, ray://host:port, auto); default: a local Ray."
     ),
 ]
 ReplicasOpt = Annotated[
@@ -116,7 +104,7 @@ def serve(
     allowed_host: AllowedHostOpt = None,
     body_timeout_s: BodyTimeoutOpt = 10.0,
     engine: EngineOpt = Engine.local,
-    address: AddressOpt = None,
+    address: RayAddressOpt = None,
     replicas: ReplicasOpt = 2,
     ingress_replicas: IngressReplicasOpt = 1,
     max_replicas: MaxReplicasOpt = None,
