@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from tests.conftest import FILLER as _FILLER
+from tests.conftest import WORDS
+
 SHAPES = {
     # the decoder peftkit ships (Llama architecture, tied embeddings)
     "smollm2-135m": dict(
@@ -27,29 +30,9 @@ SHAPES = {
     "bert-base": dict(arch="bert", hidden=768, heads=12, ff=3072, layers=12, vocab=30522),
 }
 
-LABEL_WORDS = {
-    "weak": ["just browsing", "maybe later", "only looking", "not sure"],
-    "medium": ["compare prices", "add to wishlist", "read reviews", "check sizes"],
-    "strong": ["buy now", "checkout today", "pay immediately", "order two"],
-}
-FILLER = [
-    "the",
-    "blue",
-    "shirt",
-    "phone",
-    "shoes",
-    "laptop",
-    "gift",
-    "cheap",
-    "fast",
-    "delivery",
-    "store",
-    "app",
-    "red",
-    "size",
-    "price",
-    "color",
-]
+# The words of conftest's intent rows, plus a few, so the same phrases tokenize without [UNK]s.
+LABEL_WORDS = WORDS
+FILLER = [*_FILLER, "red", "size", "price", "color"]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 

@@ -26,6 +26,7 @@ from peftkit.config import load_config
 from peftkit.errors import PeftkitError
 from peftkit.methods import METHODS
 from tests import gpu_models
+from tests.test_bank import SEGMENTS, TEXTS
 
 ON_CPU = os.environ.get("PEFTKIT_GPU_TESTS_ON_CPU") == "1"  # rehearsal: run them on CPU
 DEVICE = "cpu" if ON_CPU else "cuda"
@@ -287,15 +288,6 @@ def test_adalora_allocates_ranks_on_the_device(bases, data, tmp_path, prec):
 
 # --- a bank's mixed-segment batch ------------------------------------------------------------------------------
 
-TEXTS = [
-    "buy now the blue shirt",
-    "just browsing phones maybe later",
-    "compare prices of laptop gift",
-    "order two shoes now please",
-    "maybe later",
-    "read reviews of the cheap delivery app",
-]
-SEGMENTS = ["app", "web", "app", "tablet", "web", None]  # tablet has no adapter: the global one answers
 # A row batched with longer rows is padded; over a 16-bit or int8 base, padding changes which kernels run and how
 # sums are split, so "equal" is to a tolerance there. float32 is the exactness check.
 BANK_ATOL = {"8bit": 1e-2, "bf16": 1e-2, "float32": 1e-4}
