@@ -248,7 +248,7 @@ class AdapterBank:
         for name in names:
             question = self.questions[name]
             column = segment_column or question.segment_column
-            segments = [segment if segment is not None else _segment_of(r, column) for r in rows]
+            segments = [segment if segment is not None else segment_of(r, column) for r in rows]
             adapters: list[str | None] = []
             for i, seg in enumerate(segments):
                 plan.segments[i][name] = seg
@@ -446,7 +446,7 @@ class AdapterBank:
         self._base = None
 
 
-def _segment_of(record: dict[str, Any], column: str | None) -> str | None:
+def segment_of(record: dict[str, Any], column: str | None) -> str | None:
     """The record's segment value as text ("" for an empty one: the fallback answers); None without a column."""
     if column is None:
         return None

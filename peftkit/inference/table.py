@@ -237,4 +237,6 @@ def _segments(frame: pd.DataFrame, column: str | None, source: str) -> list[str]
             f"{source}: no segment column {column!r} (columns: {', '.join(map(str, frame.columns[:12]))}); "
             "pass --segment-column or --segment"
         )
-    return ["" if v != v else str(v) for v in frame[column].tolist()]  # empty cell: the fallback
+    from peftkit.inference.bank import segment_of
+
+    return [segment_of({column: v}, column) for v in frame[column].tolist()]  # empty cell: the fallback
