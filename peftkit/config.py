@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from peftkit.errors import PeftkitError
 from peftkit.methods import METHODS
@@ -124,8 +124,19 @@ class TrainConfig(_Strict):
     )
     select_best: bool = Field(
         True,
-        description="evaluate on the held-out rows after every epoch and keep the best adapter, not the last "
-        "(accuracy for classification, MAE for ordinal and regression; ties go to the lower loss)",
+        description="evaluate on the held-out rows after every epoch and keep the best adapter, not the last, by "
+        "the task's primary metric (macro-F1 for classification, at the decision threshold for two labels; MAE "
+        "for ordinal and regression; ties go to the lower loss)",
+    )
+    select_metric: str = Field(
+        "auto",
+        description="the held-out metric select_best keeps the best epoch by: auto = the task's primary metric; or "
+        "accuracy, macro_f1, auc, pr_auc, log_loss, ece, brier, mae, rmse, spearman (those the task reports)",
+    )
+    class_weights: Literal["auto", "balanced", "none"] = Field(
+        "auto",
+        description="weight the loss towards rare classes: auto = balanced when a class is under a fifth of the "
+        "training rows of a classification task; balanced = always; none = never (peftkit.tasks.decide)",
     )
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
@@ -146,6 +157,15 @@ class TrainConfig(_Strict):
     save_steps: int = Field(200, gt=0, description="checkpoint every N steps (for --resume)")
     logging_steps: int = Field(10, gt=0)
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
+
+    @field_validator("select_metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        from peftkit.tasks import DIRECTIONS
+
+        if value != "auto" and value not in DIRECTIONS:
+            raise ValueError(f"unknown metric {value!r}; use auto or one of {', '.join(DIRECTIONS)}")
+        return value
 
 
 class SegmentsConfig(_Strict):
@@ -172,6 +192,35 @@ class SegmentsConfig(_Strict):
     )
 
 
+class DecisionConfig(_Strict):
+    """How probabilities and labels come out of the head, fitted on the held-out rows after training."""
+
+    calibrate: bool = Field(
+        True,
+        description="fit a temperature on the held-out rows so probabilities match observed rates (ECE and Brier "
+        "before/after in the manifest; reliability.png in the adapter folder); never changes the ranking",
+    )
+    threshold: str = Field(
+        "f1",
+        description="two labels only: the positive label's probability above which a row is positive, chosen on "
+        "the held-out rows for: f1 (best F1), precision:P (most recall at precision >= P), recall:R (fewest "
+        "positives at recall >= R), top:S (the top share S of rows), none (argmax)",
+    )
+    positive: str | None = Field(
+        None, description="two labels only: the positive label; default: the rarer one in the training rows"
+    )
+
+    @field_validator("threshold")
+    @classmethod
+    def _objective(cls, value: str) -> str:
+        from peftkit.tasks.threshold import Objective
+
+        try:
+            return str(Objective.parse(value))
+        except PeftkitError as exc:
+            raise ValueError(str(exc).removeprefix(f"decision.threshold={value!r}: ")) from None
+
+
 MethodConfig = Annotated[Union[tuple(spec.options for spec in METHODS.values())], Field(discriminator="name")]
 
 
@@ -181,6 +230,7 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: MethodConfig = Field(default_factory=lambda: METHODS["lora"].options(name="lora"))
     train: TrainConfig = Field(default_factory=TrainConfig)
+    decision: DecisionConfig = Field(default_factory=DecisionConfig)
     segments: SegmentsConfig | None = Field(
         None, description="train an adapter bank: a global adapter and one adapter per segment"
     )

@@ -1,9 +1,10 @@
 """Best checkpoint, not last: score the adapter on the held-out rows after every epoch and keep the best one.
 
 The trainable weights (adapter and head, a few MB) are copied in memory at each new best and put back when training
-ends, so the adapter written is the best evaluated one; the frozen base is never copied. Scores: accuracy for
-classification, mean absolute error for ordinal and regression tasks; ties go to the lower held-out loss, then to the
-earlier epoch. The evaluations are saved in the manifest (``train.selection``).
+ends, so the adapter written is the best evaluated one; the frozen base is never copied. The score is the task's
+primary metric (`peftkit.tasks.TASKS`: macro-F1 for classification, mean absolute error for ordinal and regression),
+computed with the decision the adapter will ship with (for two labels, the threshold fitted on those rows); ties go to
+the lower held-out loss, then to the earlier epoch. The evaluations are saved in the manifest (``train.selection``).
 
 Choosing on the held-out rows makes the figures reported on those same rows slightly optimistic; give a separate
 ``--eval`` file, or score a test file with ``peftkit predict``, for an unbiased figure. ``train.select_best=false``
@@ -20,11 +21,13 @@ from transformers import TrainerCallback
 log = logging.getLogger("peftkit")
 
 
-def score(task_name: str, metrics: dict[str, float]) -> tuple[str, float]:
-    """(metric name, value where higher is better) for a task's held-out metrics."""
-    if task_name == "classification":
-        return "accuracy", metrics["accuracy"]
-    return "mae", -metrics["mae"]
+def score(task_name: str, metrics: dict[str, float], by: str | None = None) -> tuple[str, float]:
+    """(metric name, value turned so that higher is better) for a task's held-out metrics: the task's primary metric,
+    or metric `by` (``train.select_metric``)."""
+    from peftkit.tasks import TASKS, metric
+
+    chosen = metric(by) if by else TASKS[task_name].primary
+    return chosen.name, chosen.better(metrics[chosen.name])
 
 
 class KeepBest(TrainerCallback):
@@ -33,10 +36,11 @@ class KeepBest(TrainerCallback):
     Listed before the method's own callbacks, so the weights are back before AdaLoRA cuts its pruned ranks away.
     """
 
-    def __init__(self, model, evaluate, task_name: str, settled_step: int = 0):
+    def __init__(self, model, evaluate, task_name: str, settled_step: int = 0, by: str | None = None):
         self.model = model
         self.evaluate = evaluate  # () -> (metrics, loss)
         self.task_name = task_name
+        self.by = by  # the metric that picks the best (train.select_metric); None: the task's primary metric
         self.settled_step = settled_step
         self.history: list[dict] = []
         self.best: tuple | None = None
@@ -49,7 +53,7 @@ class KeepBest(TrainerCallback):
         if self.history and self.history[-1]["step"] == state.global_step:
             return
         metrics, loss = self.evaluate()
-        name, value = score(self.task_name, metrics)
+        name, value = score(self.task_name, metrics, self.by)
         entry = {
             "step": state.global_step,
             "epoch": round(float(state.epoch or 0), 3),
@@ -88,9 +92,14 @@ class KeepBest(TrainerCallback):
         return {"kept_step": self.best_step, "evaluations": self.history}
 
 
-def held_out_evaluator(predictor, task, texts: list[str], labels: list):
-    """() -> (metrics, mean loss) of the model behind `predictor` on the held-out rows; leaves the model training."""
+def held_out_evaluator(predictor, task, texts: list[str], labels: list, decide=None):
+    """() -> (metrics, mean loss) of the model behind `predictor` on the held-out rows; leaves the model training.
+
+    `decide` (logits, labels) -> `Decision` fits the decision the adapter would ship with at this point (its
+    threshold), so an epoch is judged by the decisions it would make; None decodes with argmax."""
     import torch
+
+    from peftkit.tasks import IDENTITY
 
     y = np.asarray(labels)
 
@@ -99,7 +108,8 @@ def held_out_evaluator(predictor, task, texts: list[str], labels: list):
         logits = predictor.logits(texts)
         if was_training:
             predictor.model.train()
-        metrics = task.metrics(y, task.decode(logits))
+        decision = decide(logits, y) if decide is not None else IDENTITY
+        metrics = task.metrics(y, task.decode(logits, decision))
         loss = float(task.loss(torch.from_numpy(logits), torch.from_numpy(y)))
         return metrics, loss
 

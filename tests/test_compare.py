@@ -86,9 +86,9 @@ def test_report_files_and_rerender(compared):
     out, _, data = compared
     md = (out / "report.md").read_text()
     assert (
-        "| method | accuracy (95% CI) |" in md
+        "| method | macro_f1 (95% CI) |" in md
         and "**Recommendation.**" in md
-        and "accuracy per segment" in md
+        and "macro_f1 per segment" in md
     )
     for chart in charts.CHARTS:
         assert (out / "charts" / chart).stat().st_size > 1000
@@ -199,7 +199,7 @@ def _record(
     task="classification",
     gpu=False,
 ):
-    metric = "mae" if task == "regression" else "accuracy"
+    metric = "mae" if task == "regression" else "macro_f1"
     return {
         "key": {"method": method, "quant": quant, "seed": seed},
         "baseline": baseline,
@@ -228,7 +228,7 @@ def test_recommendation_and_goals_follow_the_numbers():
     # full (0.81) and lora (0.805) are tied within 1 point; lora trains 3x faster, so it is the pick. prefix is not tied.
     text = report.recommend(rows, "classification")
     assert (
-        text.startswith("Use **lora**: accuracy 0.805")
+        text.startswith("Use **lora**: macro_f1 0.805")
         and "3.00× the speed of the next tied row (full)" in text
     )
     by = {g.goal: g for g in report.goals(rows, "classification")}
@@ -317,7 +317,7 @@ def test_nothing_is_recommended_or_matched_when_no_row_beats_the_majority_class(
     ]
     rows = report.build_rows(records)
     text = report.recommend(rows, "classification", majority=0.52)
-    assert text.startswith("No method is recommended: none beat the majority-class accuracy (0.520)")
+    assert text.startswith("No method is recommended: none beat the majority-class macro_f1 (0.520)")
     assert "best: lora, 0.515" in text
     goal = {g.goal: g for g in report.goals(rows, "classification", majority=0.52)}[
         "lora vs full fine-tuning"

@@ -69,6 +69,10 @@ class Manifest(Record):
     total_params: int = 0
     trainable_percent: float = 0.0
     metrics: dict[str, Any] = {}
+    # Fitted on the held-out rows after training (`peftkit.tasks.decide`); absent in adapters written before them,
+    # which decode as they always did (no temperature, argmax).
+    calibration: dict[str, Any] | None = None
+    threshold: dict[str, Any] | None = None
     data: DataSummary = DataSummary()
     train: TrainSummary = TrainSummary()
     config: dict[
@@ -83,6 +87,13 @@ class Manifest(Record):
         """The base dtype the adapter trained over: the resolved ``dtype``, or for manifests written before it was
         resolved, the configured ``model.dtype`` (``auto``; `peftkit.models.stored_dtype` says what that meant)."""
         return self.dtype or self.config.get("model", {}).get("dtype", "auto")
+
+    @property
+    def decision(self):
+        """The `peftkit.tasks.Decision` (temperature, threshold) every prediction of this adapter is decoded with."""
+        from peftkit.tasks import Decision
+
+        return Decision.from_json(self.calibration, self.threshold)
 
     @property
     def max_length(self) -> int:

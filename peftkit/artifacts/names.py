@@ -27,3 +27,4 @@ COMPARE_COMMANDS = "commands.txt"  # every command run into the folder, one a li
 COMPARE_CHARTS = "charts"  # beside report.md, which links the charts by this relative path
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
+RELIABILITY_PLOT = "reliability.png"  # held-out calibration before/after (peftkit.tasks.calibration)

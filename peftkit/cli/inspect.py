@@ -58,7 +58,10 @@ def _adapter_info(adapter: Path) -> dict:
         "trainable_params": m.trainable_params,
         "trainable_percent": m.trainable_percent,
         "adapter_bytes": m.adapter_bytes,
+        "primary_metric": _score_key(m.task) if m.task in _known_tasks() else None,
         "metrics": m.metrics,
+        "calibration": m.calibration,
+        "threshold": m.threshold,
         "data": m.data.to_json(),
         "train": m.train.to_json(),
         "method_details": METHODS[m.method].describe(Path(adapter)) if m.method in METHODS else {},
@@ -102,7 +105,8 @@ def _rows(info: dict) -> list[tuple[str, str]]:
             f"{train['samples_per_second']:.1f} samples/s on {train['device']}",
         ),
     ]
-    rows += [(f"eval {k}", f"{v:.4f}") for k, v in info["metrics"].items()]
+    rows += [(f"eval {k}", f"{v:.4f}") for k, v in info["metrics"].items() if isinstance(v, int | float)]
+    rows += _decision_rows(info.get("calibration"), info.get("threshold"))
     for key, value in info["method_details"].items():
         if key == "rank_pattern" and isinstance(value, dict):
             ranks = sorted(value.items())
@@ -183,8 +187,44 @@ def _print_questions(info: dict) -> None:
             _print_bank({"bank": f"{info['bank']}/{q['path']}", **q}, header=False)
 
 
+def _known_tasks():
+    from peftkit.tasks import TASKS
+
+    return TASKS
+
+
+def _decision_rows(calibration: dict | None, threshold: dict | None) -> list[tuple[str, str]]:
+    """The fitted decision: temperature with held-out ECE/Brier before -> after, and the threshold with its rates."""
+    rows = []
+    if calibration:
+        fitted = f"temperature {calibration['temperature']:.3f}" + (
+            f" (not fitted: {calibration['skipped']})" if "skipped" in calibration else ""
+        )
+        rows.append(
+            (
+                "calibration",
+                f"{fitted}; held-out ECE {calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f}, "
+                f"Brier {calibration['brier_before']:.3f} -> {calibration['brier_after']:.3f}",
+            )
+        )
+    if threshold and "value" in threshold:
+        r = threshold["held_out"]
+        rows.append(
+            (
+                "threshold",
+                f"{threshold['positive']} when P >= {threshold['value']:.3f} ({threshold['objective']}); held-out "
+                f"precision {r['precision']:.3f}, recall {r['recall']:.3f}, {100 * r['positive_share']:.1f}% positive",
+            )
+        )
+    elif threshold:
+        rows.append(("threshold", f"none ({threshold['skipped']}): argmax"))
+    return rows
+
+
 def _score_key(task: str) -> str:
-    return "spearman" if task == "regression" else "accuracy"
+    from peftkit.tasks import TASKS
+
+    return TASKS[task].primary.name
 
 
 def _print_bank(info: dict, header: bool = True) -> None:

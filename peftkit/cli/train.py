@@ -153,14 +153,22 @@ def _train_bank(cfg, *, overwrite: bool, resume: bool, json_: bool) -> None:
 
 
 def _print_bank(s: dict, task: str) -> None:
-    key = "spearman" if task == "regression" else "accuracy"
+    from peftkit.tasks import TASKS
+
+    primary = TASKS[task].primary
+    key = primary.name
     typer.echo(f"bank  {s['output']}  ({s['method']}, one adapter per {s['segment_column']} + global)")
     typer.echo(
         f"{'segment':<16}{'adapter':<16}{'train':>7}{'eval':>6}{'global ' + key:>17}{'own ' + key:>14}{'gain':>8}"
     )
     for value, r in s["segment_evaluation"].items():
         own, glob = r.get("own", {}).get(key), r.get("global", {}).get(key)
-        gain = f"{own - glob:+.3f}" if own is not None and glob is not None else ""
+        # gain: how much better the segment's own adapter is than the global one (positive = better, either direction)
+        gain = (
+            f"{primary.better(own) - primary.better(glob):+.3f}"
+            if own is not None and glob is not None
+            else ""
+        )
         typer.echo(
             f"{value[:15]:<16}{(r['adapter'] or '(global)')[:15]:<16}{r['train_rows']:>7}{r['eval_rows']:>6}"
             f"{'' if glob is None else f'{glob:.3f}':>17}{'' if own is None else f'{own:.3f}':>14}{gain:>8}"

@@ -35,6 +35,7 @@ class Trained:
     padded_tokens: int
     predict_logits: Callable[[list[str]], np.ndarray]  # texts -> (N, K) logits
     steps: int | None = None  # the baselines' Trainer does not report it
+    decision: Any = None  # the adapter's fitted `peftkit.tasks.Decision`; None (argmax) for the baselines
 
 
 @dataclass

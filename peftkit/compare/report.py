@@ -14,8 +14,11 @@ from typing import Any
 
 import numpy as np
 
-# The metric that ranks methods, per task kind, and whether higher is better.
-PRIMARY = {"classification": ("accuracy", True), "ordinal": ("accuracy", True), "regression": ("mae", False)}
+from peftkit.tasks import TASKS
+
+# The metric that ranks methods, per task kind, and whether higher is better: the task's primary metric
+# (`peftkit.tasks`), the one that also picks each run's best epoch.
+PRIMARY = {name: (task.primary.name, task.primary.higher_is_better) for name, task in TASKS.items()}
 TIE = 0.01  # rows whose primary metric is this close to the best's count as tied for the recommendation
 
 

@@ -114,6 +114,7 @@ def train_peftkit(setup: Setup, callbacks: list) -> tuple[RunConfig, Trained]:
         padded_tokens=m.train.padded_tokens,
         predict_logits=result.predictor.logits,
         steps=m.train.steps,
+        decision=result.predictor.decision,
     )
 
 
@@ -150,17 +151,22 @@ def measure(
         flop_factor=factor,
         matmul_peak=peak,
         best_peak=best_matmul_peak(device, peak),
-        segments=segment_scores(cfg.task, segment_column, setup.splits, trained.predict_logits),
+        segments=segment_scores(
+            cfg.task, segment_column, setup.splits, trained.predict_logits, trained.decision
+        ),
         inference=inference_speed(trained.predict_logits, setup.splits.eval_texts),
         device=device_info(device),
     )
 
 
-def segment_scores(task_name: str, column: str | None, splits, logits_fn) -> dict[str, Any] | None:
-    """Per-segment metrics on the held-out rows, when the compare names a segment column."""
+def segment_scores(
+    task_name: str, column: str | None, splits, logits_fn, decision=None
+) -> dict[str, Any] | None:
+    """Per-segment metrics on the held-out rows, when the compare names a segment column, decoded with the adapter's
+    `decision` (argmax when None)."""
     if not column:
         return None
-    from peftkit.tasks import TASKS
+    from peftkit.tasks import IDENTITY, TASKS
 
     if column not in splits.eval_frame.columns:
         raise SystemExit(f"--segment-column {column}: the held-out rows have no such column")
@@ -171,7 +177,10 @@ def segment_scores(task_name: str, column: str | None, splits, logits_fn) -> dic
     per = {}
     for value in sorted(set(values)):
         rows = values == value
-        per[value] = {"rows": int(rows.sum()), **task.metrics(y[rows], task.decode(decoded_all[rows]))}
+        per[value] = {
+            "rows": int(rows.sum()),
+            **task.metrics(y[rows], task.decode(decoded_all[rows], decision or IDENTITY)),
+        }
     return per
 
 

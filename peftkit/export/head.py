@@ -12,14 +12,10 @@ from peftkit.artifacts.names import HEAD_INFO, HEAD_WEIGHTS, WEIGHTS
 from peftkit.export.architecture import is_decoder
 from peftkit.export.lora import split_head
 from peftkit.export.record import HeadSection
+from peftkit.tasks import TASKS
 
-# How to turn the head's outputs into the task's answer, per task.
-DECODE = {
-    "classification": "logits = head(h); probabilities = softmax(logits); label = labels[argmax]",
-    "ordinal": "logits = head(h), one per threshold: P(label > labels[k]) = min over j <= k of sigmoid(logits[j]); "
-    "the predicted label is labels[number of thresholds with probability > 0.5]",
-    "regression": "score = head(h)[0]",
-}
+# How to turn the head's outputs into the task's answer, per task: the task spec's own words.
+DECODE = {name: task.decode_text for name, task in TASKS.items()}
 
 
 def write_head(folder: Path, manifest: Manifest, tmp: Path) -> HeadSection:
@@ -36,6 +32,8 @@ def write_head(folder: Path, manifest: Manifest, tmp: Path) -> HeadSection:
         "tensors": {k: list(v.shape) for k, v in sorted(head.items())},
         "applies_to": head_input(manifest),
         "decode": DECODE[manifest.task],
+        # What `decode` calls temperature and threshold.value (absent: 1 and argmax, adapters written before them).
+        **{k: v for k, v in (("calibration", manifest.calibration), ("threshold", manifest.threshold)) if v},
         "base": {"name": base.name, "sha256": base.sha256},
     }
     save_file(

@@ -77,7 +77,17 @@ class Predictor:
                 f"adapter {self.adapter!r} gave non-finite outputs for {len(bad)} of {len(texts)} texts (the first: "
                 f"text {bad[0] + 1}); its weights or base are damaged"
             )
-        return decode_predictions(self.task, self.labels, logits, [self.adapter] * len(texts))
+        return decode_predictions(
+            self.task, self.labels, logits, [self.adapter] * len(texts), {self.adapter: self.decision}
+        )
+
+    @property
+    def decision(self):
+        """How this adapter's outputs become probabilities and labels (`peftkit.tasks.Decision`): its fitted
+        temperature and threshold, or argmax for adapters written before them."""
+        from peftkit.tasks import IDENTITY
+
+        return self.manifest.decision if self.manifest is not None else IDENTITY
 
     def predict_columns(self, texts: list[str]) -> dict[str, list]:
         """Columns for a predictions file: ``prediction``, one ``prob_<label>`` per class, ``adapter``."""
@@ -129,19 +139,24 @@ def batched_logits(
 
 
 def decode_predictions(
-    task, labels: list[str] | None, logits: np.ndarray, adapters: list[str]
+    task, labels: list[str] | None, logits: np.ndarray, adapters: list[str], decisions: dict | None = None
 ) -> list[Prediction]:
-    """Head outputs -> one `Prediction` per row; ``adapters[i]`` names the adapter that answered row ``i``."""
+    """Head outputs -> one `Prediction` per row; ``adapters[i]`` names the adapter that answered row ``i``, and
+    ``decisions[adapter]`` (default: argmax, no calibration) is how that adapter's outputs are decoded."""
+    from peftkit.tasks import IDENTITY
+
     if not len(adapters):
         return []
-    decoded = task.decode(logits)
-    results = []
-    for i, adapter in enumerate(adapters):
-        if decoded.score is not None:
-            results.append(Prediction(None, float(decoded.score[i]), None, adapter))
-        else:
-            probs = {lab: float(p) for lab, p in zip(labels, decoded.probs[i])}
-            results.append(Prediction(labels[decoded.index[i]], None, probs, adapter))
+    results: list[Prediction | None] = [None] * len(adapters)
+    for adapter in dict.fromkeys(adapters):
+        rows = [i for i, a in enumerate(adapters) if a == adapter]
+        decoded = task.decode(logits[rows], (decisions or {}).get(adapter, IDENTITY))
+        for j, i in enumerate(rows):
+            if decoded.score is not None:
+                results[i] = Prediction(None, float(decoded.score[j]), None, adapter)
+            else:
+                probs = {lab: float(p) for lab, p in zip(labels, decoded.probs[j])}
+                results[i] = Prediction(labels[decoded.index[j]], None, probs, adapter)
     return results
 
 

@@ -119,6 +119,11 @@ class Question:
         return self.bank.segment_column
 
     @property
+    def decisions(self) -> dict:
+        """Adapter name -> its `peftkit.tasks.Decision` (each segment's own temperature and threshold)."""
+        return {n: m.decision for n, m in self._manifests.items()}
+
+    @property
     def loaded(self) -> list[str]:
         return self._cache.loaded
 
@@ -253,7 +258,9 @@ class Question:
 
     def predict(self, texts: list[str], adapters: list[str]) -> list[Prediction]:
         """One `Prediction` per text through the named adapters; any failure raises."""
-        return decode_predictions(self.task, self.labels, self.logits(texts, adapters), adapters)
+        return decode_predictions(
+            self.task, self.labels, self.logits(texts, adapters), adapters, self.decisions
+        )
 
     def answer(self, texts: list[str], adapters: list[str]) -> list[Prediction | str]:
         """Like `predict`, but a row that cannot be answered gets its own error message instead of failing the rest:
@@ -277,7 +284,9 @@ class Question:
                     out[i] = answer
             return out
         finite = np.isfinite(logits).all(axis=1)
-        decoded = decode_predictions(self.task, self.labels, np.where(finite[:, None], logits, 0.0), adapters)
+        decoded = decode_predictions(
+            self.task, self.labels, np.where(finite[:, None], logits, 0.0), adapters, self.decisions
+        )
         return [
             p if ok else f"adapter {p.adapter!r} gave a non-finite output (damaged weights?)"
             for p, ok in zip(decoded, finite)

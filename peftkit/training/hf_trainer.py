@@ -93,11 +93,21 @@ def count_tokens(counts: dict[str, int], batch) -> None:
 
 
 def make_trainer(
-    model, args, dataset, tokenizer, task, spec, callbacks, head_params=(), head_lr=None, keep_best=None
+    model,
+    args,
+    dataset,
+    tokenizer,
+    task,
+    spec,
+    callbacks,
+    head_params=(),
+    head_lr=None,
+    keep_best=None,
+    class_weights=None,
 ):
     """peftkit's Trainer for `model`; `head_params` train at `head_lr` (default: the adapter's rate); `keep_best`
     (a `peftkit.selection.KeepBest` among `callbacks`) has its state saved in every checkpoint and restored on
-    resume."""
+    resume; `class_weights` (K,) weight the task loss (`peftkit.tasks.decide.class_weights`)."""
     return PeftkitTrainer(
         model=model,
         args=args,
@@ -109,6 +119,7 @@ def make_trainer(
         head_params=head_params,
         head_lr=head_lr,
         keep_best=keep_best,
+        class_weights=class_weights,
     )
 
 
@@ -147,10 +158,19 @@ class PeftkitTrainer(Trainer):
     """
 
     def __init__(
-        self, *, task, spec, head_params=(), head_lr: float | None = None, keep_best=None, **trainer_kwargs
+        self,
+        *,
+        task,
+        spec,
+        head_params=(),
+        head_lr: float | None = None,
+        keep_best=None,
+        class_weights=None,
+        **trainer_kwargs,
     ):
         super().__init__(**trainer_kwargs)
         self.task_spec, self.method_spec = task, spec
+        self.class_weights = class_weights
         self.head_params, self.head_lr = list(head_params), head_lr
         self.keep_best = keep_best
         self.token_counts = {"real_tokens": 0, "padded_tokens": 0}
@@ -177,7 +197,7 @@ class PeftkitTrainer(Trainer):
             count_tokens(self.token_counts, inputs)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        loss = self.task_spec.loss(outputs.logits, labels)
+        loss = self.task_spec.loss(outputs.logits, labels, self.class_weights)
         if self.method_spec.extra_loss is not None and model.training:
             loss = loss + self.method_spec.extra_loss(self.accelerator.unwrap_model(model))
         if not torch.isfinite(loss):

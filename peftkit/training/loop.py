@@ -20,6 +20,7 @@ from peftkit import models
 from peftkit.artifacts.adapter_folder import check_output, write_adapter_folder
 from peftkit.artifacts.io import check_writable_path, output_lock, write_failure
 from peftkit.artifacts.manifest import FORMAT_VERSION, Manifest, package_versions
+from peftkit.artifacts.names import RELIABILITY_PLOT
 from peftkit.config import RunConfig
 from peftkit.data import Splits, load_splits
 from peftkit.data.splits import check_every_class_trains
@@ -29,7 +30,11 @@ from peftkit.lock import drift as lock_drift
 from peftkit.methods import METHODS
 from peftkit.runtime import rank
 from peftkit.selection import KeepBest, held_out_evaluator
-from peftkit.tasks import TASKS
+from peftkit.tasks import IDENTITY, TASKS
+from peftkit.tasks.calibration import reliability_png
+from peftkit.tasks.decide import class_weights as class_weights_of
+from peftkit.tasks.decide import fit_decision, positive_index
+from peftkit.tasks.threshold import Objective
 from peftkit.training.hf_trainer import PeftkitTrainer, encode, make_trainer, training_arguments
 from peftkit.training.model_setup import ModelSetup, head_parameters, needs_autocast, setup_model
 from peftkit.training.plan import checkpoint_dir, checkpoints, damage, last_checkpoint
@@ -103,6 +108,7 @@ def _train(
         check_every_class_trains(splits)
     _log_data(cfg, splits)
     setup = setup_model(cfg, splits, init_from)
+    weights = class_weights(cfg, splits)
     predictor = Predictor(
         setup.model,
         setup.tokenizer,
@@ -112,13 +118,58 @@ def _train(
         adapter=out.name,
         batch_size=cfg.train.eval_batch_size,
     )
-    keep_best = _keep_best(cfg, setup, predictor, splits)
-    fit = _fit(cfg, setup, splits, ckpt, resume_from, progress, keep_best, list(callbacks or []))
-    metrics = _evaluate(cfg, predictor, splits)
+    keep_best = _keep_best(cfg, setup, predictor, splits, weights)
+    fit = _fit(cfg, setup, splits, ckpt, resume_from, progress, keep_best, list(callbacks or []), weights)
+    held_out = _evaluate(cfg, predictor, splits, weights)
     speed = _speed_summary(fit, setup, keep_best)
-    predictor.manifest = manifest = _manifest(cfg, setup, splits, metrics, speed, manifest_extra or {})
-    _save(fit, cfg, setup, out, manifest, ckpt)
+    if weights is not None:
+        speed["class_weights"] = dict(zip(splits.labels, (round(float(w), 4) for w in weights)))
+    extra = {**held_out.sections, **(manifest_extra or {})}
+    predictor.manifest = manifest = _manifest(cfg, setup, splits, held_out.metrics, speed, extra)
+    _save(fit, cfg, setup, out, manifest, ckpt, held_out)
     return TrainResult(out, manifest, predictor)
+
+
+def class_weights(cfg: RunConfig, splits: Splits):
+    """The loss's class weights for these training rows (`peftkit.tasks.decide.class_weights`), or None."""
+    task = TASKS[cfg.task]
+    if not task.labelled:
+        return class_weights_of(cfg.train.class_weights, task, [], 0)
+    weights = class_weights_of(cfg.train.class_weights, task, splits.train_labels, len(splits.labels))
+    if weights is not None:
+        log.info(
+            "class weights (train.class_weights=%s): %s",
+            cfg.train.class_weights,
+            ", ".join(f"{label} {w:.2f}" for label, w in zip(splits.labels, weights)),
+        )
+    return weights
+
+
+def _decider(cfg: RunConfig, splits: Splits, weights, *, calibrate: bool):
+    """(held-out logits, labels) -> (`Decision`, calibration section, threshold section), as ``decision:`` says."""
+    task = TASKS[cfg.task]
+    if not task.calibrates:
+        return lambda logits, y: (IDENTITY, None, None)
+    objective = Objective.parse(cfg.decision.threshold)
+    positive = (
+        positive_index(splits.labels, splits.train_labels, cfg.decision.positive)
+        if len(splits.labels) == 2
+        else 1
+    )
+
+    def decide(logits, y):
+        return fit_decision(
+            task,
+            logits,
+            y,
+            labels=splits.labels,
+            calibrate=calibrate and cfg.decision.calibrate,
+            objective=objective,
+            positive=positive,
+            weights=weights,
+        )
+
+    return decide
 
 
 def _output_folders(cfg: RunConfig, out: Path, overwrite: bool, resume: bool) -> tuple[Path, Path | None]:
@@ -144,15 +195,28 @@ def _log_data(cfg: RunConfig, splits: Splits) -> None:
     )
 
 
-def _keep_best(cfg: RunConfig, setup: ModelSetup, predictor: Predictor, splits: Splits) -> KeepBest | None:
+def _keep_best(
+    cfg: RunConfig, setup: ModelSetup, predictor: Predictor, splits: Splits, weights
+) -> KeepBest | None:
     """The callback that keeps the best weights on the held-out rows (train.select_best); None without them."""
     if not (cfg.train.select_best and splits.eval_texts):
         return None
+    task, by = TASKS[cfg.task], cfg.train.select_metric
+    if by != "auto" and by not in task.metric_names(len(splits.labels or [])):
+        raise PeftkitError(
+            f"train.select_metric={by}: a {cfg.task} task with these labels does not report it; use auto or one "
+            f"of {', '.join(task.metric_names(len(splits.labels or [])))}"
+        )
+    # The threshold only: a temperature moves no label, so it is fitted once, after training.
+    decide = _decider(cfg, splits, weights, calibrate=False)
     return KeepBest(
         setup.model,
-        held_out_evaluator(predictor, TASKS[cfg.task], splits.eval_texts, splits.eval_labels),
+        held_out_evaluator(
+            predictor, task, splits.eval_texts, splits.eval_labels, lambda logits, y: decide(logits, y)[0]
+        ),
         cfg.task,
         settled_step=METHODS[cfg.method.name].settled_step(cfg.method, setup.ctx),
+        by=None if by == "auto" else by,
     )
 
 
@@ -174,6 +238,7 @@ def _fit(
     progress: bool,
     keep_best: KeepBest | None,
     callbacks: list,
+    weights=None,
 ) -> _Fit:
     """Train `setup.model` with Trainer, checkpointing into `ckpt`; a non-finite loss stops the run, its last good
     weights saved."""
@@ -193,6 +258,7 @@ def _fit(
         head_params=head_parameters(setup.model, setup.heads),
         head_lr=setup.plan.head_lr,
         keep_best=keep_best,
+        class_weights=weights,
     )
     started = time.perf_counter()
     try:
@@ -215,15 +281,63 @@ def _fit(
     return _Fit(trainer, out.metrics, time.perf_counter() - started)
 
 
-def _evaluate(cfg: RunConfig, predictor: Predictor, splits: Splits) -> dict[str, float]:
-    """The task's metrics on the held-out rows; empty when there are none (a small segment can have none)."""
+@dataclass
+class _HeldOut:
+    """The adapter on its held-out rows: metrics with its fitted decision, the manifest sections that describe the
+    decision, and the probabilities before/after calibration for the reliability diagram."""
+
+    metrics: dict[str, float]
+    sections: dict[str, Any]
+    labels: Any = None
+    curves: dict[str, Any] | None = None
+    positive: int | None = None  # two labels: the positive label's index
+
+
+def _evaluate(cfg: RunConfig, predictor: Predictor, splits: Splits, weights) -> _HeldOut:
+    """Fit the decision (temperature, threshold) on the held-out rows and score the adapter with it; empty when there
+    are no held-out rows (a small segment can have none)."""
     import numpy as np
 
     log.info("evaluating on %d held-out rows", len(splits.eval_texts))
     if not splits.eval_texts:
-        return {}
-    task = TASKS[cfg.task]
-    return task.metrics(np.asarray(splits.eval_labels), task.decode(predictor.logits(splits.eval_texts)))
+        return _HeldOut({}, {})
+    task, y = TASKS[cfg.task], np.asarray(splits.eval_labels)
+    logits = predictor.logits(splits.eval_texts)
+    decision, calibration, threshold = _decider(cfg, splits, weights, calibrate=True)(logits, y)
+    decoded = task.decode(logits, decision)
+    sections = {k: v for k, v in (("calibration", calibration), ("threshold", threshold)) if v is not None}
+    _log_decision(calibration, threshold)
+    curves = None
+    if calibration is not None:
+        curves = {"uncalibrated": task.class_probs(logits), "calibrated": decoded.probs}
+    positive = threshold.get("positive_index") if threshold else None
+    return _HeldOut(task.metrics(y, decoded), sections, y, curves, positive)
+
+
+def _log_decision(calibration: dict | None, threshold: dict | None) -> None:
+    if calibration is not None:
+        log.info(
+            "calibration: temperature %.3f%s; held-out ECE %.3f -> %.3f, Brier %.3f -> %.3f",
+            calibration["temperature"],
+            f" (not fitted: {calibration['skipped']})" if "skipped" in calibration else "",
+            calibration["ece_before"],
+            calibration["ece_after"],
+            calibration["brier_before"],
+            calibration["brier_after"],
+        )
+    if threshold is not None and "value" in threshold:
+        rates = threshold["held_out"]
+        log.info(
+            "decision threshold (%s) for %r: %.3f; held-out precision %.3f, recall %.3f, %.1f%% of rows positive",
+            threshold["objective"],
+            threshold["positive"],
+            threshold["value"],
+            rates["precision"],
+            rates["recall"],
+            100 * rates["positive_share"],
+        )
+    elif threshold is not None:
+        log.info("no decision threshold (%s): labels by argmax", threshold["skipped"])
 
 
 def _speed_summary(fit: _Fit, setup: ModelSetup, keep_best: KeepBest | None) -> dict[str, Any]:
@@ -245,11 +359,31 @@ def _speed_summary(fit: _Fit, setup: ModelSetup, keep_best: KeepBest | None) -> 
     }
 
 
-def _save(fit: _Fit, cfg: RunConfig, setup: ModelSetup, out: Path, manifest: Manifest, ckpt: Path) -> None:
-    """Rank 0 writes the adapter folder atomically, then removes the run's checkpoints."""
+def _save(
+    fit: _Fit,
+    cfg: RunConfig,
+    setup: ModelSetup,
+    out: Path,
+    manifest: Manifest,
+    ckpt: Path,
+    held_out: _HeldOut,
+) -> None:
+    """Rank 0 writes the adapter folder atomically (with its reliability diagram), then removes the checkpoints."""
     if fit.trainer.is_world_process_zero():
         save = METHODS[cfg.method.name].save
-        write_adapter_folder(lambda tmp: save(setup.model, tmp), out, manifest, fit.trainer.state.log_history)
+
+        def write(tmp: Path) -> None:
+            save(setup.model, tmp)
+            if held_out.curves is not None:
+                reliability_png(
+                    held_out.labels,
+                    held_out.curves,
+                    tmp / RELIABILITY_PLOT,
+                    f"{out.name}: held-out rows",
+                    positive=held_out.positive,
+                )
+
+        write_adapter_folder(write, out, manifest, fit.trainer.state.log_history)
         _remove_tree(ckpt)
 
 

@@ -107,7 +107,8 @@ def _evaluation_records(
         record: dict[str, Any] = {"train_rows": n_train, "eval_rows": n_eval, "adapter": None}
         if n_eval:
             record["global"] = task.metrics(
-                global_eval_labels[eval_mask], task.decode(global_logits[eval_mask])
+                global_eval_labels[eval_mask],
+                task.decode(global_logits[eval_mask], global_run.predictor.decision),
             )
         evaluation[value] = record
         if value not in values:
