@@ -194,3 +194,31 @@ def test_a_non_empty_output_folder_is_refused_without_overwrite(shop, tmp_path):
     assert (
         "macro_f1" in result.stdout and not (out / "keep.txt").exists() and (out / "metrics.json").is_file()
     )
+
+
+@pytest.mark.parametrize("task,keys", [("ordinal", {"data.labels": ["weak", "medium", "strong"]}),
+                                       ("regression", {"data.label_column": "score"})])  # fmt: skip
+def test_ordinal_and_regression_figures_match_a_hand_count(tiny_models, tmp_path, task, keys):
+    intent_rows(100).to_csv(tmp_path / "t.csv", index=False)
+    common = {"model.name": str(tiny_models["bert"]), "data.train": str(tmp_path / "t.csv"), "task": task}
+    cfg = load_config(None, {**common, "train.max_steps": 2, "output": str(tmp_path / "a"), **keys})
+    adapter = train(cfg, progress=False).output
+    rows = intent_rows(30, seed=4)
+    rows.loc[3, ["label", "score"]] = None
+    rows.to_csv(tmp_path / "e.csv", index=False)
+    q = evaluate(str(tmp_path / "e.csv"), adapter=adapter, output=tmp_path / "ev")["questions"]["default"]
+    frame = pd.read_csv(tmp_path / "ev" / "predictions.csv").dropna(subset=["true_label"])
+    assert q["rows"] == {"scored": 29, "empty_label": 1, "unanswered": 0} and list(q["overall"])[:2] == [
+        "mae",
+        "support",
+    ]
+    if task == "regression":
+        error = frame["prediction"] - frame["true_label"]
+        assert q["overall"]["mae"] == pytest.approx(error.abs().mean())
+        assert q["overall"]["rmse"] == pytest.approx(np.sqrt((error**2).mean()))
+        assert "per_class" not in q and not list((tmp_path / "ev").glob("*.png"))
+    else:
+        rank = {"weak": 0, "medium": 1, "strong": 2}
+        hand = (frame["prediction"].map(rank) - frame["true_label"].map(rank)).abs().mean()
+        assert q["overall"]["mae"] == pytest.approx(hand) and "spearman" in q["overall"] and "lift" not in q
+        assert (tmp_path / "ev" / "confusion-default.png").is_file()
