@@ -96,11 +96,7 @@ def adapter_targets(
             "with --adapter give the column name alone"
         )
     column = plain or _label_column(manifest.config)
-    return [
-        _target(
-            ADAPTER_QUESTION, manifest, manifest.labels, manifest.task, column, "", "prediction", group_column
-        )
-    ]
+    return [_target(ADAPTER_QUESTION, manifest.task, manifest.labels, manifest, column, "", group_column)]
 
 
 def bank_targets(
@@ -125,24 +121,19 @@ def bank_targets(
         qfolder = folder / index.questions[name].path
         file = read_bank_file(qfolder)
         column = per_question.get(name) or plain or _label_column(file.config)
-        prefix, answer = ("", "prediction") if single else (f"{name}_", name)
         manifest = _reference_manifest(qfolder, file)
+        prefix = "" if single else f"{name}_"
         targets.append(
             _target(
-                name,
-                manifest,
-                file.labels,
-                file.task,
-                column,
-                prefix,
-                answer,
-                segment_column or file.segment_column,
+                name, file.task, file.labels, manifest, column, prefix, segment_column or file.segment_column
             )
         )
     return targets
 
 
-def _target(name, manifest, labels, task, column, prefix, answer, segment_column) -> Target:
+def _target(name, task, labels, manifest, column, prefix, segment_column) -> Target:
+    """A `Target`; predict's answer column is ``prediction`` without a prefix (an adapter, a one-question bank),
+    else the question's name."""
     if task not in TASKS:
         raise PeftkitError(
             f"question {name!r}: task {task!r} is unknown to this peftkit (known: {', '.join(TASKS)})"
@@ -152,6 +143,7 @@ def _target(name, manifest, labels, task, column, prefix, answer, segment_column
         # The label the adapter's threshold is for (the one a shop targets), else the second label.
         named = (manifest.threshold or {}).get("positive") if manifest is not None else None
         positive = labels.index(named) if named in labels else 1
+    answer = name if prefix else "prediction"
     return Target(name, TASKS[task], labels, column, prefix, answer, segment_column, positive)
 
 
@@ -163,9 +155,8 @@ def _reference_manifest(qfolder: Path, file: BankFile) -> Manifest | None:
     path = Path(file.adapters[name].path)
     try:
         return read_manifest(path if path.is_absolute() else qfolder / path)
-    except (
-        PeftkitError
-    ):  # a damaged adapter: the bank sets it aside when it opens; the positive is the default
+    except PeftkitError:
+        # A damaged adapter: the bank sets it aside when it opens, and the positive is the default.
         return None
 
 

@@ -84,18 +84,11 @@ def evaluate(
         if adapter is not None
         else bank_targets(Path(bank), label_columns, questions, segment_column)
     )
-    truths = {t.name: read_truth(frame, t, data, many=bool(t.prefix)) for t in targets}
-    for t in targets:
-        if not truths[t.name].given.any():
-            raise PeftkitError(
-                f"{data}: column {t.label_column!r} is empty in every row; there is nothing to evaluate "
-                f"{'question ' + repr(t.name) if t.prefix else 'the adapter'} on"
-            )
+    truths = {t.name: labelled(frame, t, data) for t in targets}
     log.info("evaluate: scoring %d rows of %s", len(frame), data)
     model = open_model(adapter=adapter, bank=bank, base=base, quant=quant, batch_size=batch_size)
-    routing = (
-        segment_column if bank is not None else None
-    )  # an adapter answers every row; the column only groups
+    # An adapter answers every row itself: its --segment-column only groups the figures.
+    routing = segment_column if bank is not None else None
     answered = predict_frame(
         frame, model, source=data, questions=questions, segment_column=routing, text=text
     ).frame
@@ -104,25 +97,32 @@ def evaluate(
         ("adapter" if adapter is not None else "bank"): str(adapter if adapter is not None else bank),
         "rows": len(frame),
         "skipped": {},
-        "questions": {},
-    }
-    for t in targets:
-        report["questions"][t.name] = question_report(t, truths[t.name], answered, data)
-        report["skipped"][t.name] = {
-            k: v for k, v in report["questions"][t.name]["rows"].items() if k != "scored"
-        }
-    report |= {
+        "questions": {t.name: question_report(t, truths[t.name], answered, data) for t in targets},
         "files": {"metrics": METRICS_FILE, "predictions": PREDICTIONS_FILE, "plots": {}},
         "command": command,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
     }
+    for name, q in report["questions"].items():
+        report["skipped"][name] = {k: v for k, v in q["rows"].items() if k != "scored"}
     with atomic_folder(Path(output)) as tmp:
         for t in targets:
             report["files"]["plots"][t.name] = _plots(tmp, t, truths[t.name], answered, report)
         write_table(with_truth(answered, targets, truths), tmp / PREDICTIONS_FILE)
         write_json(tmp / METRICS_FILE, report)
     return report
+
+
+def labelled(frame: pd.DataFrame, t: Target, source: str) -> Truth:
+    """`t`'s labels from `frame` (`read_truth`), refusing a column with no label at all."""
+    truth = read_truth(frame, t, source, many=bool(t.prefix))
+    if not truth.given.any():
+        who = f"question {t.name!r}" if t.prefix else "the adapter"
+        raise PeftkitError(
+            f"{source}: column {t.label_column!r} is empty in every row; there is nothing to evaluate {who} on; "
+            "fill it or name another with --label-column"
+        )
+    return truth
 
 
 def check_output(out: Path, overwrite: bool) -> None:
