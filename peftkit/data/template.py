@@ -115,6 +115,38 @@ class Template:
             MissingField: a required field is absent or null.
             PeftkitError: formatting failed (a format spec that does not fit the value).
         """
+        row = self._row(record)
+        try:
+            return self.format.format_map(row)
+        except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
+            raise PeftkitError(f"--template {self.text!r} failed: {exc}") from exc
+
+    def render_pieces(self, record: Mapping[str, Any]) -> list[tuple[str | None, str]]:
+        """`render`, cut where the text comes from: ``(column, rendered value)`` for each field and ``(None, text)``
+        for the template's own words, in order; the texts joined are exactly what `render` returns. What per-field
+        explanations (`peftkit.inference.explain`) sum token attributions over.
+
+        Raises:
+            MissingField, PeftkitError: as `render`.
+        """
+        row = self._row(record)
+        pieces: list[tuple[str | None, str]] = []
+        try:
+            for literal, name, spec, conversion in string.Formatter().parse(self.format):
+                if literal:
+                    pieces.append((None, literal))
+                if name is None:
+                    continue
+                field = (
+                    "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                )
+                pieces.append((re.split(r"[.\[]", name, maxsplit=1)[0], field.format_map(row)))
+        except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
+            raise PeftkitError(f"--template {self.text!r} failed: {exc}") from exc
+        return pieces
+
+    def _row(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Each field's value for `record`, its default where missing (`MissingField` where it has none)."""
         row = {}
         for column, default in self.fields.items():
             value = record.get(column)
@@ -123,7 +155,4 @@ class Template:
                     raise MissingField(column)
                 value = default
             row[column] = Cell(value) if isinstance(value, str) else value
-        try:
-            return self.format.format_map(row)
-        except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
-            raise PeftkitError(f"--template {self.text!r} failed: {exc}") from exc
+        return row
