@@ -63,6 +63,35 @@ QuantOpt = Annotated[
 ]
 BatchSizeOpt = Annotated[int, typer.Option(help="Rows per forward pass.")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing --output file.")]
+ExplainOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Also say why: an `explanation` column (per question `q_explanation`) listing the tokens that moved "
+        "each answer most, as JSON [[token_text, attribution], ...]. The attribution is that token's share of the "
+        "change in the predicted class's logit (ordinal: the sum of its logits; regression: the score) from a "
+        "baseline where the text's tokens are pad tokens; positive pushes towards the answer. Where a template "
+        "built the text, `explanation_fields` sums it per field. Costs ~20 forward+backward passes per row "
+        "(docs/explanations.md); when stderr is a terminal the first rows are shown highlighted."
+    ),
+]
+TopKOpt = Annotated[
+    Optional[int],
+    typer.Option(help="With --explain: tokens listed per row, largest |attribution| first (default 5)."),
+]
+ExplainStepsOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        help="With --explain: integration steps per row. More steps make a row's attributions add up more exactly "
+        "to its change in output (the reported delta), at proportional cost (default 16)."
+    ),
+]
+ExplainHtmlOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="With --explain: also write a self-contained HTML page showing every row's tokens highlighted "
+        "(green: pushed the answer up, red: down)."
+    ),
+]
 
 
 EngineOpt = Annotated[
@@ -99,6 +128,10 @@ def predict(
     workers: WorkersOpt = 2,
     cpus_per_worker: CpusPerWorkerOpt = 1,
     overwrite: OverwriteOpt = False,
+    explain: ExplainOpt = False,
+    top_k: TopKOpt = None,
+    explain_steps: ExplainStepsOpt = None,
+    explain_html: ExplainHtmlOpt = None,
     json_: JsonFlag = False,
 ) -> None:
     """Answer every row of a file with one adapter, or every question of an adapter bank for every row (each row by
@@ -121,6 +154,8 @@ def predict(
         --segment-column platform --output preds.csv
     peftkit predict --bank banks/shop --data users.csv --questions intent,churn --output scores.csv
     peftkit predict --bank banks/shop --data users/ --output scores/ --engine ray --address auto --workers 16
+    peftkit predict --adapter runs/intent-adalora --data new.csv --output preds.csv \\
+        --explain --top-k 3 --explain-html why.html
     ```
     """
     from peftkit.data import check_writable
@@ -140,6 +175,7 @@ def predict(
     if quant not in (None, "none", "8bit"):
         raise PeftkitError(f"--quant {quant!r}: use none or 8bit")
     questions_list = [q.strip() for q in questions.split(",") if q.strip()] if questions else None
+    options = _explain_options(explain, top_k, explain_steps, explain_html, engine)
     if engine is Engine.ray:
         if output is None:
             raise PeftkitError(
@@ -168,10 +204,32 @@ def predict(
             base=base,
             quant=quant,
             batch_size=batch_size,
+            explain=options,
         )
+    if options is not None:
+        from peftkit.inference.explain_render import report
+
+        typer.echo(report(result, options, explain_html), err=True)
     if output is None:
         typer.echo(result.frame.to_csv(index=False), nl=False)
         return
     summary = write_predictions(result, output)
     failed = f" ({result.failed_rows} with errors: see the error columns)" if result.failed_rows else ""
     emit(summary, json_, lambda: typer.echo(f"wrote {summary['rows']} predictions to {output}{failed}"))
+
+
+def _explain_options(explain: bool, top_k: int | None, steps: int | None, html: Path | None, engine: Engine):
+    """The `ExplainOptions` of --explain (None without it); its flags without it, or with Ray, are refused."""
+    from peftkit.errors import PeftkitError
+
+    if not explain:
+        if html is not None or top_k is not None or steps is not None:
+            raise PeftkitError("--top-k, --explain-steps and --explain-html need --explain")
+        return None
+    if engine is Engine.ray:
+        raise PeftkitError("--explain runs with --engine local only; explain a sample of the rows locally")
+    from peftkit.inference.explain import DEFAULT_STEPS, DEFAULT_TOP_K, ExplainOptions
+
+    return ExplainOptions(
+        DEFAULT_TOP_K if top_k is None else top_k, DEFAULT_STEPS if steps is None else steps
+    )

@@ -37,6 +37,7 @@ from peftkit.artifacts.bank_file import BankEntry, BankFile, BankIndex, read_ban
 from peftkit.data.template import is_missing
 from peftkit.errors import PeftkitError
 from peftkit.inference.bank_build import build_bank
+from peftkit.inference.explain import DEFAULT_STEPS, DEFAULT_TOP_K, ExplainOptions, Explanation
 from peftkit.inference.predictor import Prediction, prediction_columns
 from peftkit.inference.question import Question, UnknownSegmentError
 
@@ -47,7 +48,8 @@ __all__ = ["AdapterBank", "Score", "ScorePlan", "Unit", "UnknownSegmentError", "
 class Score:
     """One question's answer for one record: ``label`` and ``probabilities`` (classification, ordinal) or ``score``
     (regression), the ``adapter`` and ``segment`` that answered; or ``error`` when the record could not be answered
-    for this question (the other fields None)."""
+    for this question (the other fields None). ``explanation``: why, token by token, when scoring was asked to
+    explain (`peftkit.inference.explain`)."""
 
     label: str | None = None
     score: float | None = None
@@ -55,6 +57,7 @@ class Score:
     adapter: str | None = None
     segment: str | None = None
     error: str | None = None
+    explanation: Explanation | None = None
 
     def to_json(self) -> dict[str, Any]:
         if self.error is not None:
@@ -62,7 +65,8 @@ class Score:
         answer = {"score": self.score} if self.score is not None else {"label": self.label}
         if self.probabilities is not None:
             answer["probabilities"] = self.probabilities
-        return {**answer, "adapter": self.adapter, "segment": self.segment}
+        explained = {"explanation": self.explanation.to_json()} if self.explanation is not None else {}
+        return {**answer, "adapter": self.adapter, "segment": self.segment, **explained}
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,9 @@ class AdapterBank:
         *,
         segment_column: str | None = None,
         segment: str | None = None,
+        explain: bool = False,
+        top_k: int = DEFAULT_TOP_K,
+        n_steps: int = DEFAULT_STEPS,
     ) -> list[dict[str, Score]]:
         """Answer every question (or those named) for every record.
 
@@ -220,13 +227,44 @@ class AdapterBank:
             questions: question names; default all.
             segment_column: the record field naming each record's segment; default each question's own column.
             segment: answer every record with this segment's adapters instead.
+            explain: also explain each answer (`Score.explanation`: top tokens, per-field sums where a template
+                built the text); about ``n_steps`` forward and backward passes per answer.
+            top_k, n_steps: see `peftkit.inference.explain.ExplainOptions`.
 
         Returns:
             Per record, question -> `Score` (a label or score with probabilities, the adapter and segment that
             answered; or the error that kept this question from answering this record).
         """
-        plan = self.plan(records, questions, segment_column=segment_column, segment=segment)
-        return self.assemble(plan, self.answer(plan.units))
+        options = ExplainOptions(top_k, n_steps) if explain else None  # bad options refused before any work
+        rows = records.to_dict("records") if isinstance(records, pd.DataFrame) else list(records)
+        plan = self.plan(rows, questions, segment_column=segment_column, segment=segment)
+        scores = self.assemble(plan, self.answer(plan.units))
+        if options is None:
+            return scores
+        from peftkit.inference.explain import explain_scores
+
+        return explain_scores(self, plan, scores, rows, options)
+
+    def explain(
+        self,
+        records: pd.DataFrame | Iterable[dict[str, Any]],
+        questions: list[str] | None = None,
+        *,
+        top_k: int = DEFAULT_TOP_K,
+        n_steps: int = DEFAULT_STEPS,
+        segment_column: str | None = None,
+        segment: str | None = None,
+    ) -> list[dict[str, Score]]:
+        """`score` with ``explain=True``: every answer with its `Score.explanation`."""
+        return self.score(
+            records,
+            questions,
+            segment_column=segment_column,
+            segment=segment,
+            explain=True,
+            top_k=top_k,
+            n_steps=n_steps,
+        )
 
     def plan(
         self,
@@ -299,7 +337,8 @@ class AdapterBank:
 
     def score_columns(self, scores: list[dict[str, Score]], questions: list[str]) -> dict[str, list]:
         """Columns for a scores file: per question ``q`` (label or score), ``q_prob_<label>`` per class,
-        ``q_adapter``, and ``q_error`` where some record could not be answered for it."""
+        ``q_adapter``, ``q_error`` where some record could not be answered for it, and ``q_explanation`` (with
+        ``q_explanation_fields`` where a template built the text) when the scores were explained."""
         cols: dict[str, list] = {}
         for name in questions:
             got = [record[name] for record in scores]
@@ -309,6 +348,10 @@ class AdapterBank:
             cols[f"{name}_adapter"] = [s.adapter for s in got]
             if any(s.error for s in got):
                 cols[f"{name}_error"] = [s.error for s in got]
+            if any(s.explanation is not None for s in got):
+                from peftkit.inference.explain import explanation_columns
+
+                cols.update(explanation_columns([s.explanation for s in got], prefix=f"{name}_"))
         return cols
 
     def question_names(self, questions: list[str] | None = None) -> list[str]:

@@ -2,10 +2,13 @@
 
     POST /v1/score      {"records": [{"user_id": 7, "platform": "app", "orders_90d": 3, ...}], "questions": [...]}
                         every question (or those named) for every record, each text built from the record as the
-                        question's adapter was trained; per record and question a label/score or its own error
+                        question's adapter was trained; per record and question a label/score or its own error;
+                        with "explain": true (and optionally "top_k"), each answer's explanation as well
+                        (`peftkit.inference.explain`; at most ``max_explain_items`` records: it is ~20x the work)
     POST /v1/predict    {"segment": "hotel", "inputs": ["房间很干净"]}
                         {"items": [{"segment": "book", "input": "..."}, {"segment": "laptop", "input": "..."}]}
-                        finished texts, for one question ("question": name, when the bank has several)
+                        finished texts, for one question ("question": name, when the bank has several);
+                        "explain": true adds each answer's explanation, as in /v1/score
     GET  /v1/adapters   questions, segments, adapters (method, base, metrics), fallback
     POST /v1/adapters   {"name": "laptop-v2", "path": "laptop-v2", "segments": ["laptop"]}: load an adapter folder
                         that lies inside the bank folder, and route segments to it
@@ -38,6 +41,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from peftkit.errors import PeftkitError
 from peftkit.inference.bank import AdapterBank, Score, Unit, UnknownSegmentError
 from peftkit.inference.batcher import RequestBatcher
+from peftkit.inference.explain import (
+    DEFAULT_STEPS,
+    DEFAULT_TOP_K,
+    ExplainOptions,
+    explain_question,
+    explain_scores,
+)
 from peftkit.inference.http_guard import Guard, Security
 from peftkit.inference.predictor import Prediction
 
@@ -59,9 +69,13 @@ class PredictRequest(BaseModel):
     segment: str | None = None
     items: list[Item] | None = None
     question: str | None = None
+    explain: bool = False
+    top_k: int | None = None
+    n_steps: int | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> PredictRequest:
+        _explain_fields(self)
         if (self.inputs is None) == (self.items is None):
             raise ValueError(
                 'give either "inputs" (and optionally "segment") or "items", not both or neither'
@@ -86,12 +100,33 @@ class ScoreRequest(BaseModel):
     questions: list[str] | None = Field(
         None, description="question names; default: every question of the bank"
     )
+    explain: bool = Field(False, description="add each answer's explanation (top tokens, per-field sums)")
+    top_k: int | None = Field(None, description="with explain: tokens listed per answer (default 5)")
+    n_steps: int | None = Field(None, description="with explain: integration steps per answer (default 16)")
 
     @model_validator(mode="after")
     def _some(self) -> ScoreRequest:
+        _explain_fields(self)
         if not self.records:
             raise ValueError("nothing to score: the list of records is empty")
         return self
+
+
+def _explain_fields(body) -> None:
+    if not body.explain and (body.top_k is not None or body.n_steps is not None):
+        raise ValueError('"top_k" and "n_steps" need "explain": true')
+    if body.explain:
+        explain_options(body)  # a bad value is this request's 422, before any work
+
+
+def explain_options(body) -> ExplainOptions:
+    try:
+        return ExplainOptions(
+            DEFAULT_TOP_K if body.top_k is None else body.top_k,
+            DEFAULT_STEPS if body.n_steps is None else body.n_steps,
+        )
+    except PeftkitError as exc:
+        raise ValueError(str(exc).replace(" (--top-k)", "").replace(" (--explain-steps)", "")) from None
 
 
 class AddAdapterRequest(BaseModel):
@@ -110,6 +145,7 @@ class ServeLimits:
     max_body_bytes: int = 1 << 20  # request body; more: 413
     max_batch_rows: int = 64  # rows the worker answers in one batch across requests
     batch_wait_ms: float = 2.0  # after the first request, wait this long for others to join its batch
+    max_explain_items: int = 16  # rows per request with "explain" (~20 passes each); more: 413
 
 
 class _JSONBody(Request):
@@ -182,11 +218,16 @@ async def score(
         raise HTTPException(
             413, f"{len(body.records)} records in one request; the limit is {limits.max_items}"
         )
+    _check_explain(body, len(body.records), limits)
     try:
         plan = bank.plan(body.records, body.questions)
     except PeftkitError as exc:
         raise HTTPException(422, str(exc)) from None
     scores = bank.assemble(plan, await batcher.submit(plan.units))
+    if body.explain:
+        scores = await _off_loop(
+            lambda: explain_scores(bank, plan, scores, body.records, explain_options(body))
+        )
     adapters = [s.adapter for record in scores for s in record.values()]
     request.state.log.update(
         rows=len(scores),
@@ -211,13 +252,40 @@ async def predict(
         question = bank.question(body.question)
     except PeftkitError as exc:
         raise HTTPException(422, str(exc)) from None
+    _check_explain(body, len(texts), limits)
     request.state.log.update(segments=_counts(segments))
     adapters = question.resolve_all(segments)  # UnknownSegmentError: 404 with the known segments
     answers = await batcher.submit([Unit(question.name, t, a) for t, a in zip(texts, adapters)])
     request.state.log.update(rows=len(texts), adapters=_counts(adapters))
     content = {"predictions": [_prediction_json(seg, a) for seg, a in zip(segments, answers)]}
+    if body.explain:
+        ok = [i for i, a in enumerate(answers) if not isinstance(a, str)]
+        why = await _off_loop(
+            lambda: explain_question(
+                question, [texts[i] for i in ok], [adapters[i] for i in ok], explain_options(body)
+            )
+        )
+        for i, explanation in zip(ok, why):
+            content["predictions"][i]["explanation"] = explanation.to_json()
     failed_all = all(isinstance(a, str) for a in answers)
     return JSONResponse(content, status_code=422 if failed_all else 200)
+
+
+def _check_explain(body, rows: int, limits: ServeLimits) -> None:
+    if body.explain and rows > limits.max_explain_items:
+        raise HTTPException(
+            413,
+            f"{rows} rows with explain in one request; the limit is {limits.max_explain_items} (an explanation "
+            "costs ~20 forward and backward passes per row): send fewer rows, or leave out explain",
+        )
+
+
+async def _off_loop(work):
+    """Run `work` (an explanation: seconds of model work) on a worker thread, its user error a 422."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, work)
+    except PeftkitError as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
 @router.get("/v1/adapters")

@@ -15,13 +15,16 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from peftkit.data import read_table, write_table
 from peftkit.data.files import RowError, texts_or_errors
 from peftkit.errors import PeftkitError
+
+if TYPE_CHECKING:
+    from peftkit.inference.explain import ExplainOptions, Explanation
 
 
 @dataclass
@@ -31,6 +34,8 @@ class TablePredictions:
     frame: pd.DataFrame
     answered_by: dict[str, int]
     failed_rows: int = 0
+    # (row, question or None, why) per explained answer, when predict was asked to explain
+    explanations: list[tuple[int, str | None, Explanation]] | None = None
 
 
 @dataclass(frozen=True)
@@ -47,9 +52,12 @@ class TextSpec:
     def texts(self, frame: pd.DataFrame, data_cfg: dict[str, Any]) -> tuple[list, list[RowError | None]]:
         """One text (or error) per row: from the given column or template, else as the adapter's training data
         built it."""
-        template = self.template if self.given else data_cfg.get("template")
         column = self.text_column or data_cfg.get("text_column", "text")
-        return texts_or_errors(frame, text_column=column, template=template)
+        return texts_or_errors(frame, text_column=column, template=self.template_for(data_cfg))
+
+    def template_for(self, data_cfg: dict[str, Any]) -> str | None:
+        """The template that builds each row's text (None: a text column does)."""
+        return self.template if self.given else data_cfg.get("template")
 
 
 def predict_table(
@@ -64,10 +72,11 @@ def predict_table(
     base: str | None = None,
     quant: str | None = None,
     batch_size: int = 64,
+    explain: ExplainOptions | None = None,
 ) -> TablePredictions:
     """Every row of `data` answered by `adapter`, or by `bank` (every question, or those in `questions`; each row
     by its segment's adapter: from `segment_column`, default each question's own column, or `segment` for every
-    row).
+    row); with `explain`, each answer's explanation beside it (`peftkit.inference.explain.explanation_columns`).
 
     Raises:
         PeftkitError: the file cannot be read, an option does not fit the bank, or no row could be answered.
@@ -82,6 +91,7 @@ def predict_table(
         segment_column=segment_column,
         segment=segment,
         text=text,
+        explain=explain,
     )
     if adapter is not None:  # the summary names the adapter as it was given
         result.answered_by = {str(adapter): sum(result.answered_by.values())}
@@ -119,6 +129,7 @@ def predict_frame(
     segment: str | None = None,
     text: TextSpec = TextSpec(),
     strict: bool = True,
+    explain: ExplainOptions | None = None,
 ) -> TablePredictions:
     """`frame` with the answer columns of `model` (from `open_model`) added; see `predict_table`.
 
@@ -127,16 +138,17 @@ def predict_frame(
     """
     from peftkit.inference.bank import AdapterBank
 
+    explained: list | None = [] if explain is not None else None
     if isinstance(model, AdapterBank):
         columns, answered_by, failed = _predict_bank(
-            model, frame, source, questions, segment_column, segment, text, strict
+            model, frame, source, questions, segment_column, segment, text, strict, explain, explained
         )
     else:
-        columns, answered_by, failed = _predict_adapter(model, frame, text, strict)
+        columns, answered_by, failed = _predict_adapter(model, frame, text, strict, explain, explained)
     frame = frame.copy()
     for name, values in columns.items():
         frame[name] = values
-    return TablePredictions(frame, answered_by, failed)
+    return TablePredictions(frame, answered_by, failed, explained)
 
 
 def write_predictions(result: TablePredictions, output: Path) -> dict[str, Any]:
@@ -151,19 +163,44 @@ def write_predictions(result: TablePredictions, output: Path) -> dict[str, Any]:
     return summary
 
 
-def _predict_adapter(model, frame, text: TextSpec, strict: bool):
+def _predict_adapter(model, frame, text: TextSpec, strict: bool, explain=None, explained=None):
     from peftkit.inference.predictor import prediction_columns
 
-    texts, errors = text.texts(frame, model.manifest.config["data"])
+    data_cfg = model.manifest.config["data"]
+    texts, errors = text.texts(frame, data_cfg)
     good = _answerable(texts, errors, strict)
     answers = model.predict([texts[i] for i in good]) if good else []
-    columns = _spread(prediction_columns(answers, model.labels), good, len(texts))
+    columns = prediction_columns(answers, model.labels)
+    if explain is not None and good:
+        from peftkit.inference.explain import explain_texts, explanation_columns, record_spans
+
+        data = {**data_cfg, "template": text.template_for(data_cfg)}
+        records = frame.iloc[good].to_dict("records")
+        spans = [record_spans(r, data, texts[i]) for r, i in zip(records, good)]
+        why = explain_texts(
+            model, [texts[i] for i in good], top_k=explain.top_k, n_steps=explain.n_steps, spans=spans
+        )
+        columns.update(explanation_columns(why))
+        explained.extend((i, None, e) for i, e in zip(good, why))
+    columns = _spread(columns, good, len(texts))
     return _with_errors(columns, errors, "error"), {model.adapter: len(good)}, len(texts) - len(good)
 
 
-def _predict_bank(bank, frame, source, questions, segment_column, segment, text: TextSpec, strict: bool):
+def _predict_bank(
+    bank,
+    frame,
+    source,
+    questions,
+    segment_column,
+    segment,
+    text: TextSpec,
+    strict: bool,
+    explain=None,
+    explained=None,
+):
     if text.given:  # one text for every row, given here: a one-question bank answers it as texts
-        texts, errors = text.texts(frame, bank.bank.config.get("data", {}))
+        data_cfg = bank.bank.config.get("data", {})
+        texts, errors = text.texts(frame, data_cfg)
         good = _answerable(texts, errors, strict)
         rows = frame.iloc[good]
         segments = (
@@ -173,6 +210,16 @@ def _predict_bank(bank, frame, source, questions, segment_column, segment, text:
         )
         columns = bank.predict_columns([texts[i] for i in good], segments)
         answered = dict(Counter(columns["adapter"]))
+        if explain is not None and good:
+            from peftkit.inference.explain import explain_question, explanation_columns, record_spans
+
+            data = {**data_cfg, "template": text.template_for(data_cfg)}
+            spans = [record_spans(r, data, texts[i]) for r, i in zip(rows.to_dict("records"), good)]
+            why = explain_question(
+                bank.question(), [texts[i] for i in good], columns["adapter"], explain, spans
+            )
+            columns.update(explanation_columns(why))
+            explained.extend((i, None, e) for i, e in zip(good, why))
         return (
             _with_errors(_spread(columns, good, len(frame)), errors, "error"),
             answered,
@@ -182,7 +229,21 @@ def _predict_bank(bank, frame, source, questions, segment_column, segment, text:
     if segment is None:
         for name in names:
             _segments(frame.iloc[:0], segment_column or bank.questions[name].segment_column, source)
-    scores = bank.score(frame, names, segment_column=segment_column, segment=segment)
+    scores = bank.score(
+        frame,
+        names,
+        segment_column=segment_column,
+        segment=segment,
+        explain=explain is not None,
+        **({"top_k": explain.top_k, "n_steps": explain.n_steps} if explain is not None else {}),
+    )
+    if explain is not None:
+        explained.extend(
+            (i, None if bank.single else q, s.explanation)
+            for i, record in enumerate(scores)
+            for q, s in record.items()
+            if s.explanation is not None
+        )
     answered = Counter(
         f"{q}/{s.adapter}" if not bank.single else s.adapter
         for record in scores
