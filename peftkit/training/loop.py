@@ -23,6 +23,7 @@ from peftkit.artifacts.manifest import FORMAT_VERSION, Manifest, package_version
 from peftkit.artifacts.names import RELIABILITY_PLOT
 from peftkit.config import RunConfig
 from peftkit.data import Splits, load_splits
+from peftkit.data.profile import training_profile, write_profile
 from peftkit.data.splits import check_every_class_trains
 from peftkit.errors import NonFiniteLossError, PeftkitError
 from peftkit.inference.predictor import Predictor
@@ -126,7 +127,7 @@ def _train(
         speed["class_weights"] = dict(zip(splits.labels, (round(float(w), 4) for w in weights)))
     extra = {**held_out.sections, **(manifest_extra or {})}
     predictor.manifest = manifest = _manifest(cfg, setup, splits, held_out.metrics, speed, extra)
-    _save(fit, cfg, setup, out, manifest, ckpt, held_out)
+    _save(fit, cfg, setup, out, manifest, ckpt, held_out, splits)
     return TrainResult(out, manifest, predictor)
 
 
@@ -291,6 +292,7 @@ class _HeldOut:
     labels: Any = None
     curves: dict[str, Any] | None = None
     positive: int | None = None  # two labels: the positive label's index
+    decoded: Any = None  # the held-out rows decoded with the fitted decision, for profile.json
 
 
 def _evaluate(cfg: RunConfig, predictor: Predictor, splits: Splits, weights) -> _HeldOut:
@@ -311,7 +313,7 @@ def _evaluate(cfg: RunConfig, predictor: Predictor, splits: Splits, weights) -> 
     if calibration is not None:
         curves = {"uncalibrated": task.class_probs(logits), "calibrated": decoded.probs}
     positive = threshold.get("positive_index") if threshold else None
-    return _HeldOut(task.metrics(y, decoded), sections, y, curves, positive)
+    return _HeldOut(task.metrics(y, decoded), sections, y, curves, positive, decoded)
 
 
 def _log_decision(calibration: dict | None, threshold: dict | None) -> None:
@@ -367,13 +369,21 @@ def _save(
     manifest: Manifest,
     ckpt: Path,
     held_out: _HeldOut,
+    splits: Splits,
 ) -> None:
-    """Rank 0 writes the adapter folder atomically (with its reliability diagram), then removes the checkpoints."""
+    """Rank 0 writes the adapter folder atomically (with its reliability diagram and the profile of its data and
+    held-out scores that `peftkit drift` compares new rows with), then removes the checkpoints."""
     if fit.trainer.is_world_process_zero():
         save = METHODS[cfg.method.name].save
+        labelled = held_out.decoded is not None and held_out.decoded.index is not None
+        profile = training_profile(
+            cfg.data.model_dump(mode="json"), splits.train_frame, labels=splits.labels, decoded=held_out.decoded,
+            positive=held_out.positive, true=held_out.labels if labelled else None, tokenizer=setup.tokenizer,
+        )  # fmt: skip
 
         def write(tmp: Path) -> None:
             save(setup.model, tmp)
+            write_profile(tmp, profile)
             if held_out.curves is not None:
                 reliability_png(
                     held_out.labels,
