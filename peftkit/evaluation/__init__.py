@@ -6,6 +6,8 @@ measured per question, overall and per segment (docs/evaluate.md).
     plots.py     confusion matrix, reliability diagram, cumulative gains
     run.py       `evaluate`: score, measure, write metrics.json, predictions.csv and the plots atomically
     report.py    the terminal tables
+    drift.py     `drift_report`: recent rows against each adapter's training profile (PSI per field, scores)
+    drift_render.py  the drift report as a terminal table or Markdown
 """
 
 from __future__ import annotations
