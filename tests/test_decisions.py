@@ -41,7 +41,9 @@ def test_ece_and_brier_match_hand_counts():
 def test_temperature_recovers_an_overconfident_model_and_keeps_the_ranking(k):
     rng = np.random.default_rng(0)
     z = rng.normal(size=(4000, k)) * 2
-    y = np.array([rng.choice(k, p=p) for p in softmax(z / 2.5)])  # the truth is 2.5x less sure than the scores
+    y = np.array(
+        [rng.choice(k, p=p) for p in softmax(z / 2.5)]
+    )  # the truth is 2.5x less sure than the scores
     raw = softmax(z)
     t = cal.fit_temperature(y, raw)
     assert t == pytest.approx(2.5, rel=0.1)
@@ -75,7 +77,12 @@ P = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
 def test_threshold_objectives_pick_the_hand_computed_cut():
     # F1 by cut: at 0.9 2/4, 0.8 0.8, 0.7 0.667, 0.6 6/7 = 0.857 (best), 0.5 0.75 ...
     assert choose(Y, P, Objective.parse("f1"))[0] == 0.6
-    assert rates(Y, P, 0.6) == {"precision": 0.75, "recall": 1.0, "f1": pytest.approx(6 / 7), "positive_share": 0.4}
+    assert rates(Y, P, 0.6) == {
+        "precision": 0.75,
+        "recall": 1.0,
+        "f1": pytest.approx(6 / 7),
+        "positive_share": 0.4,
+    }
     # Precision >= 0.9: only the cuts 0.9 and 0.8 reach it; 0.8 keeps more recall.
     assert choose(Y, P, Objective.parse("precision:0.9"))[0] == 0.8
     # Recall >= 0.6: 2 of 3 positives are found from 0.8 down; the highest such cut.
@@ -143,8 +150,8 @@ def test_one_primary_metric_per_task_read_by_selection_compare_and_export():
         "ordinal": "mae",
         "regression": "mae",
     }
-    assert PRIMARY == {n: (t.primary.name, t.primary.higher_is_better) for n, t in TASKS.items()}
-    assert DECODE == {n: t.decode_text for n, t in TASKS.items()}
+    assert {n: (t.primary.name, t.primary.higher_is_better) for n, t in TASKS.items()} == PRIMARY
+    assert {n: t.decode_text for n, t in TASKS.items()} == DECODE
     assert score("ordinal", {"mae": 0.4, "accuracy": 0.9}) == ("mae", -0.4)
     assert score("classification", {"macro_f1": 0.6, "auc": 0.8}, by="auc") == ("auc", 0.8)
 
@@ -153,8 +160,14 @@ def test_fit_decision_leaves_a_one_class_held_out_set_uncut():
     task = TASKS["classification"]
     logits = np.zeros((40, 2), dtype=np.float32)
     decision, calibration, threshold = fit_decision(
-        task, logits, np.zeros(40, int), labels=["a", "b"], calibrate=True,
-        objective=Objective.parse("f1"), positive=1, weights=None,
+        task,
+        logits,
+        np.zeros(40, int),
+        labels=["a", "b"],
+        calibrate=True,
+        objective=Objective.parse("f1"),
+        positive=1,
+        weights=None,
     )
     assert decision.threshold is None and "one class" in threshold["skipped"]
     assert "fewer than 2" in calibration["skipped"] and decision.temperature == 1.0
@@ -237,7 +250,9 @@ def test_an_adapter_without_a_fitted_decision_decodes_with_argmax(rare_run, tmp_
     logits = loaded.logits(texts)
     preds = loaded.predict(texts)
     raw = softmax(logits.astype(np.float64))
-    np.testing.assert_allclose([p.probabilities["convert"] for p in preds], raw[:, 0], atol=1e-6)  # labels sort: convert, stay
+    np.testing.assert_allclose(
+        [p.probabilities["convert"] for p in preds], raw[:, 0], atol=1e-6
+    )  # labels sort: convert, stay
     assert [p.label for p in preds] == [["convert", "stay"][i] for i in raw.argmax(axis=1)]
 
 

@@ -33,6 +33,7 @@ class Decoded:
     index: np.ndarray | None
     score: np.ndarray | None
     probs: np.ndarray | None
+    positive: int = 1  # two labels: the positive label's index (the decision's), which PR-AUC is about
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ class Classification(Task):
         if decision.threshold is not None and probs.shape[1] == 2:
             pos = decision.positive
             index = np.where(probs[:, pos] >= decision.threshold, pos, 1 - pos)
-        return Decoded(index=index, score=None, probs=probs)
+        return Decoded(index=index, score=None, probs=probs, positive=decision.positive)
 
     def metrics(self, y_true: np.ndarray, out: Decoded) -> dict[str, float]:
         from sklearn.metrics import accuracy_score, average_precision_score, f1_score, log_loss, roc_auc_score
@@ -77,8 +77,9 @@ class Classification(Task):
             "brier": brier(y_true, out.probs),
         }
         if k == 2 and len(np.unique(y_true)) == 2:
-            m["auc"] = float(roc_auc_score(y_true, out.probs[:, 1]))
-            m["pr_auc"] = float(average_precision_score(y_true, out.probs[:, 1]))
+            pos = out.positive
+            m["auc"] = float(roc_auc_score(y_true == pos, out.probs[:, pos]))  # the same either way round
+            m["pr_auc"] = float(average_precision_score(y_true == pos, out.probs[:, pos]))
         return m
 
 
