@@ -42,12 +42,28 @@ class BankBase(Record):
     sha256: str
 
 
+class CanaryEntry(Record):
+    """A canary of one adapter (`peftkit.artifacts.versions.set_canary`): version ``version`` answers the records
+    whose ``key_column`` value hashes into the first ``share`` of [0, 1); the others, and records without the key,
+    get the production version."""
+
+    version: int
+    share: float
+    key_column: str
+
+
 class BankEntry(Record):
-    """One adapter of the bank: its folder (relative to the bank), training rows and held-out metrics."""
+    """One adapter of the bank: its folder (relative to the bank), training rows and held-out metrics.
+
+    ``version``: the version in production (its folder is ``path``, ``versions/<adapter>/v<N>``); absent in banks
+    written before versions, whose folder counts as version 1. ``canary``: a version answering a share of the traffic
+    (`peftkit.artifacts.versions`)."""
 
     path: str
     train_rows: int | None = None
     metrics: dict[str, Any] = {}
+    version: int | None = None
+    canary: CanaryEntry | None = None
 
     @classmethod
     def of(cls, manifest: Manifest, name: str) -> BankEntry:
