@@ -59,6 +59,16 @@ BodyTimeoutOpt = Annotated[
 ]
 
 
+ReloadOpt = Annotated[
+    float,
+    typer.Option(
+        help="Seconds between looks at the bank's bank.json files for promotions, rollbacks and canaries "
+        "(`peftkit bank promote|rollback|canary`), followed without a restart; 0: never look (POST /v1/reload "
+        "with an admin key still does).",
+    ),
+]
+
+
 EngineOpt = Annotated[
     Engine,
     typer.Option(
@@ -103,6 +113,7 @@ def serve(
     no_auth: NoAuthOpt = False,
     allowed_host: AllowedHostOpt = None,
     body_timeout_s: BodyTimeoutOpt = 10.0,
+    reload_interval_s: ReloadOpt = 1.0,
     engine: EngineOpt = Engine.local,
     address: RayAddressOpt = None,
     replicas: ReplicasOpt = 2,
@@ -156,6 +167,8 @@ def serve(
         )
     if body_timeout_s <= 0:
         raise PeftkitError(f"--body-timeout-s must be above 0, got {body_timeout_s}")
+    if reload_interval_s < 0:
+        raise PeftkitError(f"--reload-interval-s must be 0 (off) or more, got {reload_interval_s}")
     names = set(LOOPBACK_NAMES) | set(allowed_host or [])
     if host_name(host) not in ("0.0.0.0", "::"):
         names.add(host_name(host))
@@ -183,4 +196,7 @@ def serve(
         for name, q in opened.questions.items()
     )
     typer.echo(f"peftkit: serving bank {bank} ({held}) at http://{host}:{port}", err=True)
-    run(opened, host=host, port=port, limits=limits, security=security)
+    run(
+        opened, host=host, port=port, limits=limits, security=security,
+        reload_interval_s=reload_interval_s or None,
+    )  # fmt: skip

@@ -34,6 +34,7 @@ from typing import Any
 import pandas as pd
 
 from peftkit.artifacts.bank_file import BankEntry, BankFile, BankIndex, read_bank_file, read_bank_index
+from peftkit.artifacts.versions import parse_key
 from peftkit.data.template import is_missing
 from peftkit.errors import PeftkitError
 from peftkit.inference.bank_build import build_bank
@@ -58,6 +59,7 @@ class Score:
     segment: str | None = None
     error: str | None = None
     explanation: Explanation | None = None
+    version: str | None = None  # the adapter version that answered ("hotel@v3"); None without versions
 
     def to_json(self) -> dict[str, Any]:
         if self.error is not None:
@@ -66,7 +68,8 @@ class Score:
         if self.probabilities is not None:
             answer["probabilities"] = self.probabilities
         explained = {"explanation": self.explanation.to_json()} if self.explanation is not None else {}
-        return {**answer, "adapter": self.adapter, "segment": self.segment, **explained}
+        version = {"version": self.version} if self.version is not None else {}
+        return {**answer, "adapter": self.adapter, **version, "segment": self.segment, **explained}
 
 
 @dataclass(frozen=True)
@@ -296,13 +299,15 @@ class AdapterBank:
                     adapters.append(None)
                     plan.slots[i][name] = Score(segment=seg, error=str(exc))
             routed = [i for i, a in enumerate(adapters) if a is not None]
-            texts, errors = question.texts([rows[i] for i in routed], [adapters[i] for i in routed])
-            for i, text, error in zip(routed, texts, errors):
+            # one snapshot of the question's version pointers for every record (a canary picks by record key)
+            keys = question.pick([adapters[i] for i in routed], [rows[i] for i in routed])
+            texts, errors = question.texts([rows[i] for i in routed], keys)
+            for i, key, text, error in zip(routed, keys, texts, errors):
                 if error is not None:
                     plan.slots[i][name] = Score(segment=segments[i], error=f"{error.message}; {error.fix}")
                     continue
                 plan.slots[i][name] = len(plan.units)
-                plan.units.append(Unit(name, text, adapters[i]))
+                plan.units.append(Unit(name, text, key))
         return plan
 
     def answer(self, units: list[Unit]) -> list[Prediction | str]:
@@ -328,10 +333,11 @@ class AdapterBank:
                 if isinstance(slot, Score):
                     record[name] = slot
                 elif isinstance(answers[slot], str):
-                    record[name] = Score(segment=seg, adapter=plan.units[slot].adapter, error=answers[slot])
+                    adapter = parse_key(plan.units[slot].adapter)[0]
+                    record[name] = Score(segment=seg, adapter=adapter, error=answers[slot])
                 else:
                     p = answers[slot]
-                    record[name] = Score(p.label, p.score, p.probabilities, p.adapter, seg)
+                    record[name] = Score(p.label, p.score, p.probabilities, p.adapter, seg, version=p.version)
             out.append(record)
         return out
 
@@ -346,6 +352,8 @@ class AdapterBank:
             for label in self.questions[name].labels or []:
                 cols[f"{name}_prob_{label}"] = [None if s.error else s.probabilities[label] for s in got]
             cols[f"{name}_adapter"] = [s.adapter for s in got]
+            if any(s.version is not None for s in got):  # versioned banks only
+                cols[f"{name}_version"] = [s.version for s in got]
             if any(s.error for s in got):
                 cols[f"{name}_error"] = [s.error for s in got]
             if any(s.explanation is not None for s in got):

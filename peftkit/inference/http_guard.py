@@ -6,7 +6,8 @@ In order, for each HTTP request:
 1. ``Host`` must be a name the server answers to (`Security.allowed_hosts`): a page on another site that re-points
    its own name at 127.0.0.1 (DNS rebinding) gets 403.
 2. With API keys (`read_api_keys`), ``Authorization: Bearer KEY`` must carry a key whose scope covers the route:
-   ``score`` for scoring and reading, ``admin`` for changing adapters (admin keys may score). 401 without a valid key,
+   ``score`` for scoring and reading (``/metrics`` too), ``admin`` for changing adapters and ``POST /v1/reload``
+   (admin keys may score). 401 without a valid key,
    403 with the wrong scope. Keys are compared in constant time and never logged. ``/healthz`` stays open.
 3. A POST must say ``Content-Type: application/json`` (415 otherwise): browsers send cross-site "simple" requests
    only as text/plain, form-urlencoded or multipart, so no web page can post to the server.
@@ -84,7 +85,7 @@ def route_scope(method: str, path: str) -> str | None:
     """The scope a request needs: None for the open health check, ``admin`` to change adapters, else ``score``."""
     if path == "/healthz":
         return None
-    if method == "POST" and path == "/v1/adapters":
+    if method == "POST" and path in ("/v1/adapters", "/v1/reload"):
         return "admin"
     return "score"
 

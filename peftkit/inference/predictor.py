@@ -16,12 +16,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One answer. ``label`` and ``probabilities`` for classification/ordinal, ``score`` for regression."""
+    """One answer. ``label`` and ``probabilities`` for classification/ordinal, ``score`` for regression.
+    ``version``: the adapter version that answered (``hotel@v3``), None for an adapter without versions."""
 
     label: str | None
     score: float | None
     probabilities: dict[str, float] | None
     adapter: str
+    version: str | None = None
 
 
 class Predictor:
@@ -166,6 +168,8 @@ def prediction_columns(preds: list[Prediction], labels: list[str] | None) -> dic
     for lab in labels or []:
         cols[f"prob_{lab}"] = [p.probabilities[lab] for p in preds]
     cols["adapter"] = [p.adapter for p in preds]
+    if any(p.version is not None for p in preds):  # versioned banks only: other outputs keep their columns
+        cols["version"] = [p.version for p in preds]
     return cols
 
 

@@ -10,11 +10,15 @@ per folder over one base in memory. Within a question:
 - a record's text is built by the template (or text column) of the adapter that answers it, as that adapter's
   training built it;
 - a segment with no adapter of its own follows the fallback: ``global`` answers it with the global adapter,
-  ``error`` refuses it. There is no fallback to the bare base: the head is trained with the adapter.
+  ``error`` refuses it. There is no fallback to the bare base: the head is trained with the adapter;
+- an adapter with versions (`peftkit.artifacts.versions`) answers with the version its pointer names, loaded under
+  the immutable key ``name@vN``: a request routed with one snapshot of the pointers (`Question.pick`) is answered
+  wholly by those versions, whatever `Question.follow` swaps in meanwhile. Answers name it (``version``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +28,10 @@ from peftkit.artifacts.bank_file import BankEntry, BankFile, is_adapter_name
 from peftkit.artifacts.io import atomic_folder
 from peftkit.artifacts.manifest import Manifest, read_manifest
 from peftkit.artifacts.names import GLOBAL
+from peftkit.artifacts.versions import in_canary, parse_key, version_folder, version_key
 from peftkit.data.files import RowError, texts_or_errors
 from peftkit.data.privacy import adapter_masks, mask_text
+from peftkit.data.template import is_missing
 from peftkit.errors import PeftkitError
 from peftkit.inference.adapter_cache import AdapterCache
 from peftkit.inference.predictor import Prediction, batched_logits, decode_predictions
@@ -36,6 +42,24 @@ class UnknownSegmentError(PeftkitError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """Which version of one adapter answers: ``key`` (production), and a canary taking ``share`` of the records by
+    their ``key_column`` value."""
+
+    key: str
+    canary: str | None = None
+    share: float = 0.0
+    key_column: str | None = None
+
+    @classmethod
+    def of(cls, name: str, entry: BankEntry) -> Pointer:
+        if entry.canary is None:
+            return cls(version_key(name, entry.version))
+        c = entry.canary
+        return cls(version_key(name, entry.version), version_key(name, c.version), c.share, c.key_column)
 
 
 class Question:
@@ -75,28 +99,22 @@ class Question:
         # Every adapter is checked now, not at its first request. One that does not belong in the bank (another
         # base, method, task...) is refused with the bank. A damaged one (unreadable files, non-finite weights) is
         # set aside with its reason: the others still answer, and the rows routed to it get that reason as error.
+        # Keyed by version key (``hotel@v3``; ``hotel`` unversioned), with each adapter's name as an alias of its
+        # production version.
         self._manifests: dict[str, Manifest] = {}
         self.broken: dict[str, str] = {}
-        for n in bank.adapters:
-            folder = self._folder_of(n)
-            try:
-                manifest = read_manifest(folder)
-            except PeftkitError as exc:
-                self.broken[n] = str(exc)
-                continue
-            self.bank.check_compatible(manifest, folder)
-            try:
-                _check_sound(folder, manifest)
-            except PeftkitError as exc:
-                self.broken[n] = str(exc)
-                continue
-            self._manifests[n] = manifest
+        # replaced whole, never changed: a request's snapshot stays as it was read
+        self._pointers = {n: Pointer.of(n, e) for n, e in bank.adapters.items()}
+        for n, pointer in self._pointers.items():
+            for key in filter(None, (pointer.key, pointer.canary)):
+                self._know(key, refuse=True)
+            self._alias(n, pointer.key)
         if self.broken and not self._manifests:
             raise PeftkitError(
                 f"bank {folder}: every adapter is damaged; the first: {next(iter(self.broken.values()))}"
             )
         self._cache = AdapterCache(
-            self.spec, model, max_loaded=max_loaded, folder_of=self._folder_of, owner=f"bank {folder}"
+            self.spec, model, max_loaded=max_loaded, folder_of=self._folder_of, owner=f"bank {self.folder}"
         )
         self.lock = self._cache.lock
 
@@ -170,9 +188,10 @@ class Question:
             "adapters": {
                 name: {
                     "path": entry.path,
-                    "loaded": name in loaded,
+                    "loaded": self._key(name) in loaded,
                     "metrics": self._manifests[name].metrics,
                     "train_rows": self._manifests[name].data.train_rows,
+                    **_versions_json(entry),
                 }
                 if name not in self.broken
                 else {"path": entry.path, "loaded": False, "damaged": self.broken[name]}
@@ -185,11 +204,14 @@ class Question:
 
     def texts(self, records: list[dict[str, Any]], adapters: list[str]) -> tuple[list, list[RowError | None]]:
         """Each record's text as the adapter that answers it was trained to read it (its template or text
-        column); ``(texts, errors)`` with one of the two set per record."""
+        column); ``(texts, errors)`` with one of the two set per record. `adapters`: names or version keys."""
+        adapters = self.pick(adapters)
         texts: list[str | None] = [None] * len(records)
         errors: list[RowError | None] = [None] * len(records)
         for name in dict.fromkeys(adapters):
             rows = [i for i, a in enumerate(adapters) if a == name]
+            if parse_key(name)[0] in self.adapters:
+                self._know(name)
             if name in self.broken:
                 for i in rows:
                     errors[i] = RowError(
@@ -213,9 +235,12 @@ class Question:
         out = np.zeros((len(texts), self.bank.num_outputs), dtype=np.float32)
         if not texts:
             return out
-        unknown = sorted(set(adapter_names) - set(self.adapters))
+        unknown = sorted({k for k in adapter_names if parse_key(k)[0] not in self.adapters})
         if unknown:
             raise UnknownSegmentError(f"no adapter named {', '.join(unknown)} in bank {self.folder}")
+        adapter_names = self.pick(adapter_names)
+        for key in dict.fromkeys(adapter_names):
+            self._know(key)
         damaged = [n for n in dict.fromkeys(adapter_names) if n in self.broken]
         if damaged:
             raise PeftkitError(
@@ -257,15 +282,18 @@ class Question:
         )
 
     def predict(self, texts: list[str], adapters: list[str]) -> list[Prediction]:
-        """One `Prediction` per text through the named adapters; any failure raises."""
-        return decode_predictions(
-            self.task, self.labels, self.logits(texts, adapters), adapters, self.decisions
+        """One `Prediction` per text through the named adapters (names: their production versions, or version keys
+        ``name@vN``); any failure raises."""
+        adapters = self.pick(adapters)
+        return _named(
+            decode_predictions(self.task, self.labels, self.logits(texts, adapters), adapters, self.decisions)
         )
 
     def answer(self, texts: list[str], adapters: list[str]) -> list[Prediction | str]:
         """Like `predict`, but a row that cannot be answered gets its own error message instead of failing the rest:
         when the whole pass fails, each adapter's rows are tried apart, then each row alone. A row whose head output
         is not finite (damaged weights) is an error too, never a label."""
+        adapters = self.pick(adapters)
         try:
             logits = self.logits(texts, adapters)
         except Exception as exc:  # noqa: BLE001 - isolated below: whatever broke, it must break only its own rows
@@ -284,8 +312,10 @@ class Question:
                     out[i] = answer
             return out
         finite = np.isfinite(logits).all(axis=1)
-        decoded = decode_predictions(
-            self.task, self.labels, np.where(finite[:, None], logits, 0.0), adapters, self.decisions
+        decoded = _named(
+            decode_predictions(
+                self.task, self.labels, np.where(finite[:, None], logits, 0.0), adapters, self.decisions
+            )
         )
         return [
             p if ok else f"adapter {p.adapter!r} gave a non-finite output (damaged weights?)"
@@ -294,16 +324,16 @@ class Question:
 
     def activate(self, name: str) -> None:
         """Make adapter `name` the active one, loading it first if needed (what the switch benchmark times)."""
-        self._cache.activate(name)
+        self._cache.activate(self._key(name))
 
     def preload(self) -> None:
         """Load adapters now, up to ``max_loaded``, instead of on first use; one that fails to load is set aside as
         damaged."""
         for name in [n for n in self.adapters if n not in self.broken][: self.max_loaded]:
             try:
-                self._cache.ensure([name])
+                self._cache.ensure([self._key(name)])
             except PeftkitError as exc:
-                self.broken[name] = str(exc)
+                self.broken[name] = self.broken[self._key(name)] = str(exc)
 
     def close(self) -> None:
         self._cache.close()
@@ -331,6 +361,7 @@ class Question:
                 path=_relative(path, self.folder), train_rows=manifest.data.train_rows
             )
             self._manifests[name] = manifest
+            self._pointers = {**self._pointers, name: Pointer(name)}
             for segment in segments or [name]:
                 self.segments[segment] = name
             if persist:
@@ -341,7 +372,9 @@ class Question:
         with self.lock:
             if name not in self.adapters:
                 raise PeftkitError(f"bank {self.folder} has no adapter named {name!r}")
-            self._cache.drop(name)
+            for key in [k for k in self._cache.loaded if parse_key(k)[0] == name]:
+                self._cache.drop(key)
+            self._pointers = {n: p for n, p in self._pointers.items() if n != name}
             del self.adapters[name]
             self._manifests.pop(name, None)
             for segment in [s for s, a in self.segments.items() if a == name]:
@@ -350,7 +383,99 @@ class Question:
             if persist:
                 self.bank.write(self.folder)
 
-    def _folder_of(self, name: str) -> Path:
+    # -- versions -------------------------------------------------------------------------------------------------
+
+    def pick(self, adapters: list[str], records: list[dict[str, Any]] | None = None) -> list[str]:
+        """The version key answering each row, from one snapshot of the pointers (so one call never mixes a
+        promotion's before and after): each adapter name's production version, or its canary where the row's
+        record has the canary's key in its share. Version keys pass through; unknown names too (refused later)."""
+        pointers = self._pointers  # one read: `follow` replaces the dict, never changes it
+        out = []
+        for i, name in enumerate(adapters):
+            p = pointers.get(name)
+            if p is None:
+                out.append(name)
+                continue
+            key = p.key
+            if p.canary is not None and records is not None:
+                value = records[i].get(p.key_column)
+                if not is_missing(value) and in_canary(value, p.share):
+                    key = p.canary
+            out.append(key)
+        return out
+
+    def follow(self, file: BankFile) -> list[str]:
+        """Take the version pointers (production, canary) of `file`, a fresh read of this question's ``bank.json``:
+        what a promote, rollback or canary wrote. Requests planned before keep their versions, later ones get the
+        new. A new version that is damaged or does not fit is refused and its adapter keeps its pointer. Adapters
+        and segments added to or removed from the file are not followed (restart for those). Returns what changed,
+        one line each."""
+        new, changes = dict(self._pointers), []
+        for name, entry in file.adapters.items():
+            if name not in new or Pointer.of(name, entry) == new[name]:
+                continue
+            pointer = Pointer.of(name, entry)
+            bad = [k for k in filter(None, (pointer.key, pointer.canary)) if not self._know(k)]
+            if bad:
+                changes.append(f"{name}: kept {new[name].key}; {bad[0]} is damaged: {self.broken[bad[0]]}")
+                continue
+            canary = f" (canary {pointer.canary})" if pointer.canary else ""
+            changes.append(f"{name}: {new[name].key} -> {pointer.key}{canary}")
+            new[name] = pointer
+            self.bank.adapters[name] = entry
+            self._alias(name, pointer.key)
+        self._pointers = new  # one assignment: the swap
+        return changes
+
+    @property
+    def pointers(self) -> dict[str, Pointer]:
+        """Adapter name -> which version answers it now (a snapshot: never changed, only replaced)."""
+        return self._pointers
+
+    def _key(self, name: str) -> str:
+        pointer = self._pointers.get(name)
+        return name if pointer is None else pointer.key
+
+    def _know(self, key: str, *, refuse: bool = False) -> bool:
+        """Read and check the manifest of version `key` once; a damaged one is set aside in ``broken``, one that
+        does not fit the question raises (`refuse`) or is set aside. True when it can answer."""
+        if key in self._manifests or key in self.broken:
+            return key in self._manifests
+        folder = self._folder_of(key)
+        try:
+            manifest = read_manifest(folder)
+        except PeftkitError as exc:
+            self.broken[key] = str(exc)
+            return False
+        try:
+            self.bank.check_compatible(manifest, folder)
+        except PeftkitError as exc:
+            if refuse:
+                raise
+            self.broken[key] = str(exc)
+            return False
+        try:
+            _check_sound(folder, manifest)
+        except PeftkitError as exc:
+            self.broken[key] = str(exc)
+            return False
+        self._manifests[key] = manifest
+        return True
+
+    def _alias(self, name: str, key: str) -> None:
+        """Adapter `name` stands for version `key` where callers look adapters up by name (explanations, describe)."""
+        if key == name:
+            return
+        if key in self._manifests:
+            self._manifests[name] = self._manifests[key]
+            self.broken.pop(name, None)
+        elif key in self.broken:
+            self.broken[name] = self.broken[key]
+
+    def _folder_of(self, key: str) -> Path:
+        name, version = parse_key(key)
+        if version is not None:
+            return version_folder(self.folder, name, version)
         path = Path(self.adapters[name].path)
         return path if path.is_absolute() else self.folder / path
 
@@ -360,6 +485,22 @@ class Question:
         self.bank.check_compatible(manifest, folder)
         _check_sound(folder, manifest)
         return manifest
+
+
+def _named(predictions: list[Prediction]) -> list[Prediction]:
+    """Predictions named by adapter, with the version key (``hotel@v3``) in ``version`` for a versioned adapter."""
+    out = []
+    for p in predictions:
+        name, version = parse_key(p.adapter)
+        out.append(p if version is None else replace(p, adapter=name, version=p.adapter))
+    return out
+
+
+def _versions_json(entry: BankEntry) -> dict[str, Any]:
+    if entry.version is None:
+        return {}
+    canary = {"canary": entry.canary.to_json()} if entry.canary is not None else {}
+    return {"version": entry.version, **canary}
 
 
 def _check_sound(folder: Path, manifest: Manifest) -> None:

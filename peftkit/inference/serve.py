@@ -12,6 +12,10 @@
     GET  /v1/adapters   questions, segments, adapters (method, base, metrics), fallback
     POST /v1/adapters   {"name": "laptop-v2", "path": "laptop-v2", "segments": ["laptop"]}: load an adapter folder
                         that lies inside the bank folder, and route segments to it
+    POST /v1/reload     (admin) follow promotions, rollbacks and canaries written since start now, without waiting
+                        for the bank.json watcher (`peftkit.inference.reload`)
+    GET  /metrics       Prometheus text: per question, adapter and version, requests, answers, errors and a score
+                        histogram (`peftkit.inference.metrics`; a score key where keys are set)
     GET  /healthz
 
 The route turns a request into units (`AdapterBank.plan`: texts rendered, segments routed), the request batcher
@@ -49,7 +53,9 @@ from peftkit.inference.explain import (
     explain_scores,
 )
 from peftkit.inference.http_guard import Guard, Security
+from peftkit.inference.metrics import Metrics
 from peftkit.inference.predictor import Prediction
+from peftkit.inference.reload import Reloader
 
 log = logging.getLogger("peftkit.inference.serve")
 MAX_JSON_DEPTH = 32  # records are flat objects; deeper nesting is only ever an attack on the parser
@@ -224,6 +230,8 @@ async def score(
     except PeftkitError as exc:
         raise HTTPException(422, str(exc)) from None
     scores = bank.assemble(plan, await batcher.submit(plan.units))
+    for name in plan.questions:
+        request.app.state.metrics.observe(name, [r[name] for r in scores], bank.questions[name].labels)
     if body.explain:
         scores = await _off_loop(
             lambda: explain_scores(bank, plan, scores, body.records, explain_options(body))
@@ -255,7 +263,9 @@ async def predict(
     _check_explain(body, len(texts), limits)
     request.state.log.update(segments=_counts(segments))
     adapters = question.resolve_all(segments)  # UnknownSegmentError: 404 with the known segments
-    answers = await batcher.submit([Unit(question.name, t, a) for t, a in zip(texts, adapters)])
+    keys = question.pick(adapters)  # one snapshot of the version pointers for the whole request
+    answers = await batcher.submit([Unit(question.name, t, k) for t, k in zip(texts, keys)])
+    request.app.state.metrics.observe(question.name, answers, question.labels)
     request.state.log.update(rows=len(texts), adapters=_counts(adapters))
     content = {"predictions": [_prediction_json(seg, a) for seg, a in zip(segments, answers)]}
     if body.explain:
@@ -323,6 +333,34 @@ async def add_adapter(body: AddAdapterRequest, request: Request, bank: Bank) -> 
     return {"added": body.name, "segments": body.segments or [body.name]}
 
 
+@router.post("/v1/reload")
+async def reload(request: Request) -> dict[str, Any]:
+    """Follow the version pointers of every question's bank.json now (promote, rollback, canary)."""
+    reloader: Reloader = request.app.state.reloader
+    try:
+        changes = await asyncio.get_running_loop().run_in_executor(None, lambda: reloader.check(force=True))
+    except PeftkitError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return {"reloaded": changes, "versions": _versions(request.app.state.bank)}
+
+
+@router.get("/metrics")
+async def metrics(request: Request, bank: Bank) -> Response:
+    """Prometheus text exposition: requests, answers, errors and score histograms per question/adapter/version."""
+    roles = {}
+    for name, question in bank.questions.items():
+        for adapter, pointer in question.pointers.items():
+            roles[name, adapter, pointer.key] = "production"
+            if pointer.canary is not None:
+                roles[name, adapter, pointer.canary] = "canary"
+    request.app.state.metrics.set_roles(roles)
+    return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _versions(bank: AdapterBank) -> dict[str, dict[str, str]]:
+    return {n: {a: p.key for a, p in q.pointers.items()} for n, q in bank.questions.items()}
+
+
 @router.get("/healthz")
 async def healthz(bank: Bank, batcher: Batcher) -> dict[str, Any]:
     adapters = sum(len(q.adapters) for q in bank.questions.values())
@@ -330,10 +368,14 @@ async def healthz(bank: Bank, batcher: Batcher) -> dict[str, Any]:
 
 
 def create_app(
-    bank: AdapterBank, limits: ServeLimits | None = None, security: Security | None = None
+    bank: AdapterBank,
+    limits: ServeLimits | None = None,
+    security: Security | None = None,
+    reload_interval_s: float | None = 1.0,
 ) -> FastAPI:
     """The FastAPI app serving `bank`; `peftkit serve` runs it with uvicorn. `security`: who may call it (default:
-    no keys, loopback host names only)."""
+    no keys, loopback host names only). `reload_interval_s`: how often to look for version moves in the bank's
+    bank.json files (None: only on ``POST /v1/reload``)."""
     app = FastAPI(
         title="peftkit",
         summary=f"adapter bank {bank.folder}: "
@@ -341,6 +383,7 @@ def create_app(
         lifespan=_lifespan,
     )
     app.state.bank, app.state.limits = bank, limits or ServeLimits()
+    app.state.reloader, app.state.metrics = Reloader(bank, reload_interval_s), Metrics()
     app.state.batcher = RequestBatcher(
         bank.answer,
         max_batch_rows=app.state.limits.max_batch_rows,
@@ -358,7 +401,9 @@ def create_app(
 @asynccontextmanager
 async def _lifespan(app: FastAPI):
     app.state.batcher.start()
+    app.state.reloader.start()
     yield
+    app.state.reloader.stop()
     await app.state.batcher.stop()
 
 
@@ -395,7 +440,8 @@ def _prediction_json(segment: str | None, p: Prediction | str) -> dict[str, Any]
     answer = (
         {"score": p.score} if p.score is not None else {"label": p.label, "probabilities": p.probabilities}
     )
-    return {"segment": segment, "adapter": p.adapter, **answer}
+    version = {"version": p.version} if p.version is not None else {}
+    return {"segment": segment, "adapter": p.adapter, **version, **answer}
 
 
 def _errors(scores: list[dict[str, Score]]) -> int:
@@ -428,6 +474,7 @@ def run(
     limits: ServeLimits,
     security: Security | None = None,
     log_level: str = "info",
+    reload_interval_s: float | None = 1.0,
 ) -> None:
     """Serve until interrupted."""
     import uvicorn
@@ -438,7 +485,7 @@ def run(
     log.setLevel(logging.INFO)
     log.propagate = False  # one line per request, with a timestamp, not twice
     uvicorn.run(
-        create_app(bank, limits, security),
+        create_app(bank, limits, security, reload_interval_s),
         host=host,
         port=port,
         log_level=log_level,
