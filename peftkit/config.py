@@ -201,10 +201,11 @@ class DecisionConfig(_Strict):
         "before/after in the manifest; reliability.png in the adapter folder); never changes the ranking",
     )
     threshold: str = Field(
-        "f1",
+        "macro_f1",
         description="two labels only: the positive label's probability above which a row is positive, chosen on "
-        "the held-out rows for: f1 (best F1), precision:P (most recall at precision >= P), recall:R (fewest "
-        "positives at recall >= R), top:S (the top share S of rows), none (argmax)",
+        "the held-out rows for: macro_f1 (best macro-F1, the task's primary metric), f1 (best F1 of the positive "
+        "label), precision:P (most recall at precision >= P), recall:R (fewest positives at recall >= R), top:S "
+        "(the top share S of rows), none (argmax)",
     )
     positive: str | None = Field(
         None, description="two labels only: the positive label; default: the rarer one in the training rows"

@@ -77,6 +77,14 @@ P = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
 def test_threshold_objectives_pick_the_hand_computed_cut():
     # F1 by cut: at 0.9 2/4, 0.8 0.8, 0.7 0.667, 0.6 6/7 = 0.857 (best), 0.5 0.75 ...
     assert choose(Y, P, Objective.parse("f1"))[0] == 0.6
+    # Macro-F1 by cut (positive F1, negative F1): 0.8 (4/5, 14/15) 0.867; 0.7 (4/6, 12/14) 0.762;
+    # 0.6 (6/7, 12/13) 0.890 (best); 0.5 (6/8, 10/12) 0.792.
+    assert choose(Y, P, Objective.parse("macro_f1"))[0] == 0.6
+    # Where they part: three positives in ten, ranked weakly. F1 alone is best (6/11) calling 80% of rows positive;
+    # macro-F1 (0.6875 at 0.9: positive F1 1/2, negative F1 7/8) keeps a cut that also serves the negatives.
+    y2 = np.array([1, 0, 0, 0, 1, 0, 0, 1, 0, 0])
+    assert choose(y2, P, Objective.parse("f1"))[0] == 0.2
+    assert choose(y2, P, Objective.parse("macro_f1"))[0] == 0.9
     assert rates(Y, P, 0.6) == {
         "precision": 0.75,
         "recall": 1.0,
