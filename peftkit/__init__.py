@@ -18,7 +18,7 @@ modules import each other (tests/test_layout.py checks both; docs/architecture.m
     6   data                   tables and packaged datasets into train/held-out splits
     7   inference              an adapter on its base (Predictor), adapter banks, HTTP serving
     8   training               the plan, the Trainer, the loop, segment banks, distributed launches
-    9   export doctor compare evaluation   jobs built on training and inference
+    9   export doctor compare evaluation refresh   jobs built on training and inference
     10  cli                    thin typer commands
 """
 

@@ -17,6 +17,7 @@ from peftkit.cli import export as export_cmd
 from peftkit.cli import inspect as inspect_cmd
 from peftkit.cli import predict as predict_cmd
 from peftkit.cli import recipes as recipes_cmd
+from peftkit.cli import refresh as refresh_cmd
 from peftkit.cli import serve as serve_cmd
 from peftkit.cli import train as train_cmd
 
@@ -24,7 +25,7 @@ app = typer.Typer(
     name="peftkit",
     help="Parameter-efficient fine-tuning for e-commerce user analysis.\n\n"
     "Start with `peftkit train` (no arguments: the default recipe on the packaged model and real reviews), "
-    "then `peftkit predict` and `peftkit inspect`, and `peftkit evaluate` to measure an adapter or bank on a labelled file (per segment, lift, calibration), `peftkit drift` to see how far recent rows moved from what it was trained on; `peftkit bank build` puts several questions over one base into one bank, `peftkit serve` puts a bank behind HTTP; `peftkit doctor` checks a run before it starts, `peftkit export` hands LoRA adapters to vLLM/LoRAX; `peftkit compare` runs the methods side by side on the same data. Set PEFTKIT_DEBUG=1 to see tracebacks.",
+    "then `peftkit predict` and `peftkit inspect`, and `peftkit evaluate` to measure an adapter or bank on a labelled file (per segment, lift, calibration), `peftkit drift` to see how far recent rows moved from what it was trained on, `peftkit refresh` to retrain on new rows behind a no-regression gate; `peftkit bank build` puts several questions over one base into one bank, `peftkit serve` puts a bank behind HTTP; `peftkit doctor` checks a run before it starts, `peftkit export` hands LoRA adapters to vLLM/LoRAX; `peftkit compare` runs the methods side by side on the same data. Set PEFTKIT_DEBUG=1 to see tracebacks.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
@@ -34,6 +35,7 @@ app.command("train")(train_cmd.train)
 app.command("predict")(predict_cmd.predict)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("drift")(drift_cmd.drift)
+app.command("refresh")(refresh_cmd.refresh)
 app.command("inspect")(inspect_cmd.inspect)
 app.command("serve")(serve_cmd.serve)
 app.command("export")(export_cmd.export)

@@ -1,0 +1,1 @@
+"""Refreshing adapters from new rows behind a no-regression gate (issue 33)."""
