@@ -65,7 +65,7 @@ def test_keep_best_restores_the_best_evaluated_weights():
 
     def evaluate():
         weights.append(layer.weight.detach().clone())
-        return {"accuracy": next(scores)}, 1.0
+        return {"macro_f1": next(scores)}, 1.0  # classification's primary metric
 
     class State:
         global_step, epoch = 0, 0
@@ -107,10 +107,8 @@ def test_a_run_evaluates_every_epoch_and_writes_the_kept_adapter(tiny_models, tm
     selection = result.manifest.train.selection
     assert [e["epoch"] for e in selection["evaluations"]] == [1.0, 2.0, 3.0]
     kept = next(e for e in selection["evaluations"] if e["step"] == selection["kept_step"])
-    assert kept["accuracy"] == max(e["accuracy"] for e in selection["evaluations"])
-    assert result.metrics["accuracy"] == pytest.approx(
-        kept["accuracy"]
-    )  # the adapter written is the kept one
+    assert kept["macro_f1"] == max(e["macro_f1"] for e in selection["evaluations"])
+    assert result.metrics["macro_f1"] == pytest.approx(kept["macro_f1"])  # the adapter written is the kept one
     saved = json.loads((tmp_path / "out" / "peftkit.json").read_text())
     assert saved["train"]["plan"]["why"]["lr"].startswith("auto")
 

@@ -74,9 +74,9 @@ def test_nan_loss_stops_with_last_good_weights(tiny_models, tmp_path, monkeypatc
     task = TASKS["classification"]
     real_loss, calls = task.loss, {"n": 0}
 
-    def poisoned(logits, labels):
+    def poisoned(logits, labels, class_weights=None):
         calls["n"] += 1
-        loss = real_loss(logits, labels)
+        loss = real_loss(logits, labels, class_weights)
         return loss * float("nan") if calls["n"] == 4 else loss
 
     monkeypatch.setattr(task, "loss", poisoned)
