@@ -138,6 +138,18 @@ def test_explaining_leaves_the_model_as_it_was(intent):
     assert not model.get_input_embeddings()._forward_hooks  # no hook left behind
 
 
+@pytest.mark.bnb
+def test_an_8bit_base_explains_like_its_answers(banks):
+    """bitsandbytes' int8 layers pass gradients to their inputs; the embeddings are not quantised."""
+    bank = peftkit.AdapterBank.open(banks("lora", "8bit"))
+    q = bank.question()
+    got = explain_question(q, TEXTS[:2], [q.resolve(None)] * 2, ExplainOptions(n_steps=STEPS))
+    answers = bank.predict(TEXTS[:2], None)
+    for e, answer in zip(got, answers):
+        assert e.label == answer.label and all(np.isfinite(t.attribution) for t in e.tokens)
+        assert any(t.attribution != 0 for t in e.tokens)
+
+
 # -- template fields ------------------------------------------------------------------------------------------------
 
 
