@@ -7,15 +7,7 @@ from pathlib import Path
 from peftkit.artifacts.io import atomic_folder, write_json
 from peftkit.refresh.run import RefreshReport
 
-COLUMNS = (
-    "question",
-    "adapter",
-    "rows (train/held-out)",
-    "current",
-    "candidate",
-    "gain (95% interval)",
-    "decision",
-)
+COLUMNS = ("question", "adapter", "rows", "current", "candidate", "gain", "95% interval", "decision")
 
 
 def rows(report: RefreshReport) -> list[tuple[str, ...]]:
@@ -26,18 +18,19 @@ def rows(report: RefreshReport) -> list[tuple[str, ...]]:
         version = f" v{r['current_version']}" if r.get("current_version") else ""
         decision = r["decision"] + (f" -> v{r['new_version']}" if "new_version" in r else "")
         if gate is None or gate["current"] is None:
-            scores = ("-", "-", "-")
+            scores = ("-", "-", "-", "-")
         else:
             scores = (
-                f"{gate['metric']} {gate['current']:.3f}",
+                f"{gate['current']:.3f}",
                 f"{gate['candidate']:.3f}",
-                f"{gate['difference']:+.3f} ({gate['low']:+.3f} .. {gate['high']:+.3f})",
+                f"{gate['difference']:+.3f}",
+                f"{gate['low']:+.3f}..{gate['high']:+.3f}",
             )
         out.append(
             (
                 r["question"],
                 r["adapter"] + version,
-                f"{r['train_rows']}/{r['held_out_rows']}",
+                f"{r['train_rows']} / {r['held_out_rows']}",
                 *scores,
                 decision,
             )
@@ -50,6 +43,7 @@ def markdown(report: RefreshReport) -> str:
     lines = [
         f"# peftkit refresh: `{data['target']}` on `{data['data']}`",
         "",
+        f"Metric: {', '.join(sorted({r['gate']['metric'] for r in report.results if r.get('gate')})) or '-'}. "
         f"Held out for the gate: {data['held_out']}. A candidate is promoted when the 95% paired bootstrap interval of "
         f"its gain over the adapter in production stays above -{data['margin']:g}"
         + (" (dry run: nothing was promoted)." if data["dry_run"] else "."),
@@ -79,13 +73,20 @@ def print_report(report: RefreshReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"refresh {report.target} ({report.cut})", title_justify="left")
+    metrics = sorted({r["gate"]["metric"] for r in report.results if r.get("gate")})
+    table = Table(
+        title=f"refresh {report.target}: {', '.join(metrics) or 'no candidate'} on the held-out rows",
+        title_justify="left",
+    )
     for column in COLUMNS:
         table.add_column(column)
     for row in rows(report):
         table.add_row(*row)
-    console = Console(stderr=False)
+    console = Console(width=max(Console().width, 110))  # eight columns: wider than 80 rather than wrapped
     console.print(table)
+    console.print(
+        f"held out for the gate: {report.cut}; promoted when the interval's low end > -{report.margin:g}"
+    )
     for r in report.results:
         console.print(f"  {r['question']}/{r['adapter']}: {r['why']}")
     if report.drift and "worst" in report.drift:
