@@ -46,6 +46,25 @@ def _load_with_peft(manifest: Manifest, folder_name: str) -> str:
     )
 
 
+def _decision(manifest: Manifest) -> str:
+    """How probabilities and labels come out (calibration, threshold), when training fitted them."""
+    lines = []
+    cal, cut = manifest.calibration, manifest.threshold
+    if cal:
+        lines.append(
+            f"- probabilities are calibrated by temperature {cal['temperature']:.3f} (held-out ECE "
+            f"{cal['ece_before']:.3f} -> {cal['ece_after']:.3f}, Brier {cal['brier_before']:.3f} -> "
+            f"{cal['brier_after']:.3f}; `reliability.png`)"
+        )
+    if cut and "value" in cut:
+        rates = cut["held_out"]
+        lines.append(
+            f"- a row is `{cut['positive']}` when its probability is at least {cut['value']:.3f} (chosen for "
+            f"{cut['objective']}: held-out precision {rates['precision']:.3f}, recall {rates['recall']:.3f})"
+        )
+    return ("\n" + "\n".join(lines) + "\n") if lines else ""
+
+
 def model_card(manifest: Manifest, folder_name: str) -> str:
     """A README.md a person can read: what the adapter predicts, from what, how well, and how to load it."""
     data, train = manifest.data, manifest.train
@@ -73,7 +92,7 @@ A **{manifest.method}** adapter for **{manifest.task}**: predicts {what}.
 | metric | value |
 |---|---|
 {metrics}
-
+{_decision(manifest)}
 ## Load it
 
 ```python
