@@ -120,3 +120,69 @@ def test_prediction_files_from_before_questions_are_written_again_identically(ba
     probs = [c for c in then.columns if c.startswith("prob_")]
     pd.testing.assert_frame_equal(now.drop(columns=probs), then.drop(columns=probs))
     np.testing.assert_allclose(now[probs].astype(float), then[probs].astype(float), rtol=0, atol=1e-6)
+
+
+# -- written with decisions, profiles and versions (tests/fixtures/decisions-and-versions/README.md) -----------------
+
+DECIDED = Path(__file__).parent / "fixtures" / "decisions-and-versions"
+EXPECTED_D = json.loads((DECIDED / "expected.json").read_text())
+
+
+def test_a_decided_adapter_reloads_with_its_threshold_and_temperature(base):
+    folder = DECIDED / "adapter-decided"
+    model = peftkit.load(str(folder), base=str(base))
+    want = EXPECTED_D["adapter-decided"]
+    texts = EXPECTED_D["texts"]
+    np.testing.assert_allclose(model.logits(texts), want["logits"], rtol=0, atol=1e-6)
+    predictions = model.predict(texts)
+    assert [p.label for p in predictions] == want["labels"]
+    for p, probs in zip(predictions, want["probabilities"]):
+        assert p.probabilities == pytest.approx(probs, abs=1e-6)
+    manifest = read_manifest(folder)
+    assert manifest.to_json() == json.loads((folder / MANIFEST).read_text())
+    assert manifest.threshold["positive"] == "convert" and manifest.calibration["method"] == "temperature"
+
+
+def _versioned_bank_here(tmp_path: Path, base: Path) -> Path:
+    folder = shutil.copytree(DECIDED / "bank-versioned", tmp_path / "bank")
+    stored = json.loads((folder / BANK_FILE).read_text())
+    assert read_bank_file(folder).to_json() == stored
+    stored["base"]["name"] = str(base)
+    (folder / BANK_FILE).write_text(json.dumps(stored))
+    return folder
+
+
+def test_a_versioned_bank_answers_with_the_promoted_version_as_before(base, tmp_path):
+    from peftkit.artifacts.versions import history, production
+
+    folder = _versioned_bank_here(tmp_path, base)
+    assert production(folder, "app") == 2
+    assert [(h["action"], h["to"]) for h in history(folder) if h["adapter"] == "app"][-1] == ("promote", 2)
+    bank = peftkit.AdapterBank.open(folder)
+    want = EXPECTED_D["bank"]
+    texts = EXPECTED_D["texts"][:4]
+    assert bank.resolve_all(want["segments"]) == want["adapters"]
+    np.testing.assert_allclose(bank.logits(texts, want["adapters"]), want["logits"], rtol=0, atol=1e-6)
+    assert [p.version for p in bank.predict(texts, want["segments"])] == want["versions"]
+
+
+@pytest.mark.parametrize("name", ["adapter-decided", "bank-versioned"])
+def test_prediction_files_from_decided_and_versioned_folders_are_written_again_identically(
+    base, tmp_path, name
+):
+    import pandas as pd
+
+    from peftkit.inference.table import predict_table
+
+    if name.startswith("bank"):
+        kwargs = {"bank": _versioned_bank_here(tmp_path, base)}
+    else:
+        kwargs = {"adapter": DECIDED / name, "base": str(base)}
+    frame = predict_table(str(DECIDED / "records.csv"), **kwargs).frame
+    frame.to_csv(tmp_path / "now.csv", index=False)
+    now = pd.read_csv(tmp_path / "now.csv", dtype=str)
+    then = pd.read_csv(DECIDED / f"predictions-{name}.csv", dtype=str)
+    assert list(now.columns) == list(then.columns)
+    probs = [c for c in then.columns if c.startswith("prob_")]
+    pd.testing.assert_frame_equal(now.drop(columns=probs), then.drop(columns=probs))
+    np.testing.assert_allclose(now[probs].astype(float), then[probs].astype(float), rtol=0, atol=1e-6)
