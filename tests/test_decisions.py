@@ -298,3 +298,25 @@ def test_select_metric_the_task_does_not_report_is_refused_before_training(tiny_
     with pytest.raises(PeftkitError, match="train.select_metric=mae"):
         train(cfg, progress=False)
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("seed", [0, 4])
+def test_a_temperature_is_kept_only_where_it_does_not_raise_the_held_out_ece(seed):
+    # 60 rows whose probabilities are the truth: seed 0's log-loss optimum (T 1.44) lowers the binned error
+    # (0.124 -> 0.080) and is kept; seed 4's (T 0.81) would raise it (0.060 -> 0.092) and is not.
+    rng = np.random.default_rng(seed)
+    p1 = rng.uniform(0.05, 0.95, 60)
+    y = (rng.random(60) < p1).astype(int)
+    logits = np.log(np.column_stack([1 - p1, p1]))
+    decision, calibration, _ = fit_decision(
+        TASKS["classification"], logits, y, labels=["a", "b"], calibrate=True,
+        objective=Objective.parse("none"), positive=1, weights=None,
+    )  # fmt: skip
+    if seed == 0:
+        assert decision.temperature == pytest.approx(1.435, abs=1e-3) and "skipped" not in calibration
+    else:
+        assert (
+            decision.temperature == 1.0
+            and "would raise the held-out ECE (0.060 -> 0.092)" in calibration["skipped"]
+        )
+    assert calibration["ece_after"] <= calibration["ece_before"]
