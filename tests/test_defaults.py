@@ -108,7 +108,8 @@ def test_a_run_evaluates_every_epoch_and_writes_the_kept_adapter(tiny_models, tm
     assert [e["epoch"] for e in selection["evaluations"]] == [1.0, 2.0, 3.0]
     kept = next(e for e in selection["evaluations"] if e["step"] == selection["kept_step"])
     assert kept["macro_f1"] == max(e["macro_f1"] for e in selection["evaluations"])
-    assert result.metrics["macro_f1"] == pytest.approx(kept["macro_f1"])  # the adapter written is the kept one
+    # the adapter written is the kept one
+    assert result.metrics["macro_f1"] == pytest.approx(kept["macro_f1"])
     saved = json.loads((tmp_path / "out" / "peftkit.json").read_text())
     assert saved["train"]["plan"]["why"]["lr"].startswith("auto")
 
