@@ -83,8 +83,9 @@ def test_adapter_from_before_questions_reloads_with_identical_logits(base, name)
     assert read_manifest(folder).to_json() == json.loads((folder / MANIFEST).read_text())
 
 
-def _bank_here(tmp_path: Path, base: Path) -> Path:
-    folder = shutil.copytree(BEFORE_QUESTIONS / "bank-bottleneck", tmp_path / "bank")
+def _bank_here(tmp_path: Path, base: Path, source: Path = BEFORE_QUESTIONS / "bank-bottleneck") -> Path:
+    """A copy of the bank fixture `source` whose bank.json names this session's tiny base."""
+    folder = shutil.copytree(source, tmp_path / "bank")
     stored = json.loads((folder / BANK_FILE).read_text())
     assert read_bank_file(folder).to_json() == stored
     stored["base"]["name"] = str(base)  # where the base lived when the bank was written
@@ -104,18 +105,25 @@ def test_bank_from_before_questions_opens_as_one_question_and_answers_as_before(
 
 @pytest.mark.parametrize("name", ["adapter-prefix", "adapter-ordinal-template", "bank-bottleneck"])
 def test_prediction_files_from_before_questions_are_written_again_identically(base, tmp_path, name):
-    import pandas as pd
-
-    from peftkit.inference.table import predict_table
 
     if name.startswith("bank"):
         kwargs = {"bank": _bank_here(tmp_path, base)}
     else:
         kwargs = {"adapter": BEFORE_QUESTIONS / name, "base": str(base)}
-    frame = predict_table(str(BEFORE_QUESTIONS / "records.csv"), **kwargs).frame
+    _assert_written_again(BEFORE_QUESTIONS, name, kwargs, tmp_path)
+
+
+def _assert_written_again(fixtures: Path, name: str, kwargs: dict, tmp_path: Path) -> None:
+    """`predict_table` on the fixtures' records.csv writes predictions-<name>.csv again: every column equal, the
+    probabilities within 1e-6."""
+    import pandas as pd
+
+    from peftkit.inference.table import predict_table
+
+    frame = predict_table(str(fixtures / "records.csv"), **kwargs).frame
     frame.to_csv(tmp_path / "now.csv", index=False)
     now = pd.read_csv(tmp_path / "now.csv", dtype=str)
-    then = pd.read_csv(BEFORE_QUESTIONS / f"predictions-{name}.csv", dtype=str)
+    then = pd.read_csv(fixtures / f"predictions-{name}.csv", dtype=str)
     assert list(now.columns) == list(then.columns)
     probs = [c for c in then.columns if c.startswith("prob_")]
     pd.testing.assert_frame_equal(now.drop(columns=probs), then.drop(columns=probs))
@@ -143,19 +151,10 @@ def test_a_decided_adapter_reloads_with_its_threshold_and_temperature(base):
     assert manifest.threshold["positive"] == "convert" and manifest.calibration["method"] == "temperature"
 
 
-def _versioned_bank_here(tmp_path: Path, base: Path) -> Path:
-    folder = shutil.copytree(DECIDED / "bank-versioned", tmp_path / "bank")
-    stored = json.loads((folder / BANK_FILE).read_text())
-    assert read_bank_file(folder).to_json() == stored
-    stored["base"]["name"] = str(base)
-    (folder / BANK_FILE).write_text(json.dumps(stored))
-    return folder
-
-
 def test_a_versioned_bank_answers_with_the_promoted_version_as_before(base, tmp_path):
     from peftkit.artifacts.versions import history, production
 
-    folder = _versioned_bank_here(tmp_path, base)
+    folder = _bank_here(tmp_path, base, DECIDED / "bank-versioned")
     assert production(folder, "app") == 2
     assert [(h["action"], h["to"]) for h in history(folder) if h["adapter"] == "app"][-1] == ("promote", 2)
     bank = peftkit.AdapterBank.open(folder)
@@ -170,19 +169,9 @@ def test_a_versioned_bank_answers_with_the_promoted_version_as_before(base, tmp_
 def test_prediction_files_from_decided_and_versioned_folders_are_written_again_identically(
     base, tmp_path, name
 ):
-    import pandas as pd
-
-    from peftkit.inference.table import predict_table
 
     if name.startswith("bank"):
-        kwargs = {"bank": _versioned_bank_here(tmp_path, base)}
+        kwargs = {"bank": _bank_here(tmp_path, base, DECIDED / "bank-versioned")}
     else:
         kwargs = {"adapter": DECIDED / name, "base": str(base)}
-    frame = predict_table(str(DECIDED / "records.csv"), **kwargs).frame
-    frame.to_csv(tmp_path / "now.csv", index=False)
-    now = pd.read_csv(tmp_path / "now.csv", dtype=str)
-    then = pd.read_csv(DECIDED / f"predictions-{name}.csv", dtype=str)
-    assert list(now.columns) == list(then.columns)
-    probs = [c for c in then.columns if c.startswith("prob_")]
-    pd.testing.assert_frame_equal(now.drop(columns=probs), then.drop(columns=probs))
-    np.testing.assert_allclose(now[probs].astype(float), then[probs].astype(float), rtol=0, atol=1e-6)
+    _assert_written_again(DECIDED, name, kwargs, tmp_path)

@@ -28,14 +28,18 @@ def ece(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
     """Top-label expected calibration error of class probabilities `probs` (N, K) against labels `y_true` (N,)."""
     confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
     correct = (predicted == y_true).astype(np.float64)
-    # Bin b holds confidences in (b/bins, (b+1)/bins]; confidence 0 cannot occur for K >= 1.
-    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    which = _bin(confidence, bins)
     total = 0.0
     for b in range(bins):
         rows = which == b
         if rows.any():
             total += rows.sum() * abs(correct[rows].mean() - confidence[rows].mean())
     return float(total / len(y_true))
+
+
+def _bin(values: np.ndarray, bins: int) -> np.ndarray:
+    """Bin index of each probability: bin b holds (b/bins, (b+1)/bins], 0 going to the first bin."""
+    return np.clip(np.ceil(values * bins).astype(int) - 1, 0, bins - 1)
 
 
 def brier(y_true: np.ndarray, probs: np.ndarray) -> float:
@@ -104,7 +108,7 @@ def reliability_png(
             x, hit = probs[:, positive], (y_true == positive)
         else:
             x, hit = probs.max(axis=1), (probs.argmax(axis=1) == y_true)
-        which = np.clip(np.ceil(x * ECE_BINS).astype(int) - 1, 0, ECE_BINS - 1)
+        which = _bin(x, ECE_BINS)
         xs, ys, sizes = [], [], []
         for b in range(ECE_BINS):
             rows = which == b
